@@ -1,0 +1,114 @@
+"""Registration helpers: timm ``register_model`` + ``generate_default_cfgs`` with lipzoo metadata.
+
+Every architecture is registered into **timm's** registry (so ``timm.create_model('sll_xs')`` works after
+``import lipzoo``) and into lipzoo's own table of architectures (family, paper, notes) used by
+``lipzoo.list_models`` / ``model_info``. Published weights (tags) come from ``lipzoo/hub/published.json``,
+which ``lipzoo publish`` generates; it is never edited by hand.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..layers.normalize import CIFAR10_MEAN, CIFAR10_STD
+
+__all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "published_weights", "PUBLISHED_JSON"]
+
+PUBLISHED_JSON = Path(__file__).resolve().parent.parent / "hub" / "published.json"
+
+
+@dataclass
+class ArchInfo:
+    name: str
+    family: str
+    paper: str
+    description: str = ""
+    paper_params: float | None = None  # parameters reported by the paper (millions), where one exists
+    paper_params_note: str = ""
+    compact: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ARCHS: dict[str, ArchInfo] = {}
+
+
+def published_weights() -> dict[str, dict[str, Any]]:
+    """``{'arch.tag': {'hf_hub_id', 'revision', 'sha256', 'num_classes', 'dataset', ...}}`` of published weights."""
+    if not PUBLISHED_JSON.exists():
+        return {}
+    return json.loads(PUBLISHED_JSON.read_text())
+
+
+def _base_cfg(**kwargs) -> dict[str, Any]:
+    cfg = dict(
+        input_size=(3, 32, 32),
+        fixed_input_size=True,
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=CIFAR10_MEAN,
+        std=CIFAR10_STD,
+        num_classes=10,
+        first_conv="",
+        classifier="head",
+        license="mit",
+    )
+    cfg.update(kwargs)
+    return cfg
+
+
+def default_cfgs_for(archs: list[str], **cfg_kwargs) -> dict:
+    """timm ``default_cfgs`` for ``archs``: one tag per published weight, else an untagged cfg without weights.
+
+    ``mean``/``std`` in a cfg describe the data (timm convention); lipzoo models always take [0, 1] images and
+    normalise inside the model.
+    """
+    published = published_weights()
+    entries: dict[str, dict[str, Any]] = {}
+    for arch in archs:
+        tags = {k: v for k, v in published.items() if k.split(".", 1)[0] == arch}
+        for full, meta in sorted(tags.items()):
+            entries[full] = _base_cfg(
+                hf_hub_id=meta["hf_hub_id"],
+                num_classes=meta.get("num_classes", 10),
+                **cfg_kwargs,
+            )
+        if not tags:
+            entries[arch] = _base_cfg(**cfg_kwargs)
+    return generate_default_cfgs(entries)
+
+
+def register(info: ArchInfo) -> Callable[[Callable], Callable]:
+    """Decorator: register an entrypoint in timm and record its :class:`ArchInfo`."""
+
+    def deco(fn: Callable) -> Callable:
+        if fn.__name__ != info.name:
+            raise ValueError(f"entrypoint {fn.__name__} registered as {info.name}")
+        ARCHS[info.name] = info
+        return register_model(fn)
+
+    return deco
+
+
+def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs):
+    """timm ``build_model_with_cfg`` without timm's weight loading; lipzoo loads and verifies weights itself."""
+    verify = kwargs.pop("verify", None)
+    revision = kwargs.pop("revision", None)
+    cache_dir = kwargs.pop("cache_dir", None)
+    in_chans = kwargs.pop("in_chans", 3)
+    img_size = kwargs.pop("img_size", None)
+    if in_chans != 3:
+        raise ValueError(f"lipzoo models take RGB images (in_chans=3), got in_chans={in_chans}")
+    if img_size not in (None, 32, (32, 32)):
+        raise ValueError(f"lipzoo CIFAR models are built for 32x32 inputs, got img_size={img_size}")
+    model = build_model_with_cfg(
+        model_cls, variant, pretrained=False, kwargs_filter=("in_chans", "img_size", "global_pool"), **kwargs
+    )
+    if pretrained:
+        from ..hub.download import load_pretrained
+
+        load_pretrained(model, model.pretrained_cfg, verify=verify, revision=revision, cache_dir=cache_dir)
+    return model
