@@ -56,3 +56,72 @@ class LLN(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}, eps={self.eps}"
+
+
+__all__ += ["MLPHead", "thresholded_softplus"]
+
+
+def thresholded_softplus(x: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
+    """The improved repo's softplus: with ``z = beta x``, ``(relu(z) + log1p(exp(-|z|)) [|z| < threshold]) / beta``.
+
+    Equals ``log(1 + exp(z)) / beta`` up to ``exp(-threshold) / beta`` (~2e-9) where ``|z| >= threshold``;
+    ``sigmoid(z)`` is its derivative wherever ``|z| != threshold`` and ``beta / 4`` bounds its second derivative.
+    """
+    z = beta * x
+    a = z.abs()
+    tail = torch.where(a < threshold, torch.log1p(torch.exp(-a)), torch.zeros_like(a))
+    return (F.relu(z) + tail) / beta
+
+
+class MLPHead(nn.Module):
+    """One-hidden-layer MLP logits layer (the improved repo's ``CRC_Full``; Singla et al., NeurIPS'22):
+    ``logits = fc2(softplus_beta(fc1(flatten(f))))`` with :func:`thresholded_softplus`.
+
+    Not Lipschitz-certified by itself: the certifier applies the curvature rule (``head_rule = "mlp_curvature"``)
+    using ``fc1``, ``fc2``, ``beta`` and the body's Lipschitz bound. The buffers ``_u`` (in_features,) and
+    ``_v`` (num_hidden,) are power-iteration estimates of the top singular vectors of ``fc1.weight``
+    (``v = W1 u / ||W1 u||``, ``u = W1^T v / ||W1^T v||``): ``init_iters`` (50) iterations at construction,
+    ``update_iters`` (1) per training forward. They never affect the logits.
+    """
+
+    head_rule = "mlp_curvature"
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        num_hidden: int | None = None,
+        beta: float = 1.0,
+        threshold: float = 20.0,
+        init_iters: int = 50,
+        update_iters: int = 1,
+    ):
+        super().__init__()
+        num_hidden = in_features if num_hidden is None else num_hidden
+        self.in_features, self.num_hidden, self.num_classes = in_features, num_hidden, num_classes
+        self.beta, self.threshold = float(beta), float(threshold)
+        self.init_iters, self.update_iters = init_iters, update_iters
+        self.fc1 = nn.Linear(in_features, num_hidden)
+        self.fc2 = nn.Linear(num_hidden, num_classes)
+        self.register_buffer("_u", F.normalize(torch.randn(in_features), dim=0))
+        self.register_buffer("_v", F.normalize(torch.randn(num_hidden), dim=0))
+        self.power_iteration(init_iters)
+
+    @torch.no_grad()
+    def power_iteration(self, iters: int) -> None:
+        """``iters`` alternating power-method steps on ``fc1.weight`` (in place on ``_u``/``_v``)."""
+        with torch.autocast(device_type=self.fc1.weight.device.type, enabled=False):
+            w = self.fc1.weight
+            w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+            for _ in range(iters):
+                self._v.copy_(F.normalize(torch.mv(w, self._u.to(w.dtype)), dim=0))
+                self._u.copy_(F.normalize(torch.mv(w.T, self._v.to(w.dtype)), dim=0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.power_iteration(self.update_iters)
+        return self.fc2(thresholded_softplus(self.fc1(x.flatten(1)), self.beta, self.threshold))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, num_hidden={self.num_hidden}, num_classes={self.num_classes}, "
+                f"beta={self.beta}, threshold={self.threshold}")

@@ -103,9 +103,9 @@ class SLLConv2d(LipschitzModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self._cache.get(self.rescaling)
         p = self.kernel_size // 2
-        res = F.conv2d(x, self.kernel, padding=p) + self.bias
-        res = F.relu(res) * t.view(1, -1, 1, 1)
-        return x - 2.0 * F.conv_transpose2d(res, self.kernel, padding=p)
+        res = F.relu(F.conv2d(x, self.kernel, self.bias.view(-1), padding=p))
+        res = res * (2.0 * t).view(1, -1, 1, 1).to(res.dtype)
+        return x - F.conv_transpose2d(res, self.kernel, padding=p)
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
@@ -160,9 +160,9 @@ class SLLLinear(LipschitzModule):
         if x.dim() != 2 or x.shape[1] != self.features:
             raise ValueError(f"SLLLinear expects (N, {self.features}), got {tuple(x.shape)}")
         t = self._cache.get(self.rescaling)
-        res = F.linear(x, self.weight) + self.bias
-        res = F.relu(res) * t
-        return x - 2.0 * F.linear(res, self.weight.T)
+        res = F.relu(F.linear(x, self.weight, self.bias.view(-1)))
+        res = res * (2.0 * t).to(res.dtype)
+        return x - F.linear(res, self.weight.T)
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:

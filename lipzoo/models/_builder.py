@@ -8,6 +8,7 @@ which ``lipzoo publish`` generates; it is never edited by hand.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -18,7 +19,8 @@ from ..layers.normalize import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "published_weights", "PUBLISHED_JSON"]
 
-PUBLISHED_JSON = Path(__file__).resolve().parent.parent / "hub" / "published.json"
+# ``LIPZOO_PUBLISHED_JSON`` points the registry at another file (tests, scratch publishing); read at import.
+PUBLISHED_JSON = Path(os.environ.get("LIPZOO_PUBLISHED_JSON") or Path(__file__).resolve().parent.parent / "hub" / "published.json")
 
 
 @dataclass

@@ -1,0 +1,66 @@
+"""``lipzoo hub serve`` and ``lipzoo publish``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from ..hub.server import serve
+
+    try:
+        serve(args.root, args.port)
+    except (FileNotFoundError, ModuleNotFoundError) as e:
+        hint = " (install the hub extra: pip install 'lipzoo[hub]')" if isinstance(e, ModuleNotFoundError) else ""
+        print(f"lipzoo hub serve: {e}{hint}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from ..hub.publish import PublishError, publish
+
+    try:
+        result = publish(args.checkpoint, args.arch, args.tag, repo_id=args.repo_id, endpoint=args.endpoint,
+                         results=args.results, hub=args.hub_dir, quick=args.quick, quick_n=args.quick_n,
+                         data_root=args.data, batch_size=args.batch_size, upload=not args.no_upload)
+    except (PublishError, ValueError, FileNotFoundError) as e:
+        print(f"lipzoo publish: {e}", file=sys.stderr)
+        return 1
+    print(result.summary())
+    return 0
+
+
+def register(sub) -> None:
+    from ..hub.publish import QUICK_N
+    from ..hub.server import add_arguments
+
+    hub = sub.add_parser("hub", help="the local Hugging Face hub (serves hub/ on 127.0.0.1)")
+    hub_sub = hub.add_subparsers(dest="hub_command", metavar="COMMAND")
+    serve = hub_sub.add_parser("serve", help="serve every repo under hub/ on 127.0.0.1 (olah + upload routes)",
+                               description="Serve hub/ as a Hugging Face hub on 127.0.0.1 until Ctrl-C/SIGTERM. "
+                                           "Then: export HF_ENDPOINT=http://127.0.0.1:PORT")
+    add_arguments(serve)
+    serve.set_defaults(func=_serve)
+    hub.set_defaults(func=lambda a: (hub.print_help(), 2)[1])
+
+    p = sub.add_parser("publish", help="certify a checkpoint on the test set and publish it as lipzoo/ARCH.TAG",
+                       description="Certify CHECKPOINT on the full test set, write hub/<org>/<name>/ (model.safetensors, "
+                                   "config.json, README.md model card, certified_accuracy.png), upload it to the hub "
+                                   "(HF_ENDPOINT, the Hugging Face Hub when a token is set, else the local hub) when "
+                                   "reachable, and record it in published.json.")
+    p.add_argument("checkpoint", help="model.safetensors, a training run directory, or a lipzoo checkpoint file")
+    p.add_argument("--arch", required=True, help="architecture, e.g. sll_xs")
+    p.add_argument("--tag", required=True, help="weights tag: <dataset>[_<recipe>], e.g. cifar10")
+    p.add_argument("--repo-id", default=None, help="hub repo (default lipzoo/ARCH.TAG)")
+    p.add_argument("--endpoint", default=None, help="hub URL to upload to (default: $HF_ENDPOINT, see above)")
+    p.add_argument("--results", default=None, help="the training run's results.json (default: next to the checkpoint)")
+    p.add_argument("--hub-dir", default=None, help="hub folder (default: $LIPZOO_HUB_DIR or the project's hub/)")
+    p.add_argument("--data", default=None, help="dataset root (default: LIPZOO_DATA, ../shared/data, download)")
+    p.add_argument("--batch-size", type=int, default=250)
+    p.add_argument("--no-upload", action="store_true", help="write hub/ and published.json only")
+    p.add_argument("--quick", action="store_true", help="certify only the first --quick-n test images (tests only)")
+    p.add_argument("--quick-n", type=int, default=QUICK_N, help=argparse.SUPPRESS)
+    p.set_defaults(func=_publish)

@@ -1,0 +1,703 @@
+"""The shared certifier: certified l2 radii, certified accuracy and the claims record.
+
+The certifier knows *head rules*, never families. It reads ``model.head_rule`` (``"lipschitz"``, ``"lln"`` or
+``"mlp_curvature"``), ``model.lipschitz_bound()`` (a proven l2 bound: of the whole network for ``"lipschitz"``,
+of ``x -> forward_features(x)`` otherwise) and, for the last two rules, ``model.get_classifier()``.
+
+Radius of the prediction ``t = argmax z`` at an image ``x`` in [0, 1] pixel space (``L`` = the model's bound):
+
+* ``"lipschitz"``: ``(z_t - z_2nd) / (sqrt(2) L)``. Each logit gap ``z_t - z_j`` is ``sqrt(2) L``-Lipschitz
+  because ``|a_t - a_j| <= sqrt(2) ||a||`` for a change ``a`` of the logit vector.
+* ``"lln"``: ``min_{j != t} (z_t - z_j) / (||w_t - w_j|| L)`` over **all** classes, with ``w`` the normalised
+  weight the forward uses (``head.normalized_weight()``): the gap is affine in the features with gradient
+  ``w_t - w_j``.
+* ``"mlp_curvature"`` (Singla et al., NeurIPS'22, arXiv 2211.08453, Sec. 4): head
+  ``z = W2 softplus_beta(W1 f + b1) + b2`` on features ``f``. For the gap ``g_j = z_t - z_j`` with
+  ``u = w2_t - w2_j`` the Hessian is ``W1^T diag(u * s'') W1`` with ``0 <= s'' <= beta/4``, so its smallest
+  eigenvalue is ``>= -K_tj``, ``K_tj = beta/4 * lambda_max(W1^T diag(relu(-u)) W1)`` (computed exactly with
+  ``eigvalsh`` in float64, plus a backward-error margin; the NeurIPS'22 bound uses ``|u|``, which is never
+  smaller). Taylor's theorem gives ``g_j(f + d) >= D - G ||d|| - K ||d||^2 / 2`` (``D`` the gap,
+  ``G = ||grad g_j(f)||``), positive for ``||d|| < (sqrt(G^2 + 2 K D) - G) / K = 2 D / (sqrt(G^2 + 2 K D) + G)``.
+  The radius is the min over ``j`` of that, divided by ``L``.
+
+A sample is certified at ``eps`` iff the prediction is correct and ``radius > eps`` (strict). Misclassified
+samples get radius 0.
+
+**Numerical rule.** We do not prove a forward-error bound of the network. Every computed gap is reduced by
+``SLACK_ULPS * finfo(dtype).eps * max(1, ||z||_2, ||f||_2)`` (``dtype`` the model's forward dtype, ``z`` the
+logits, ``f`` the head's input when the rule uses one): about ``1.2e-4`` times the activations' scale in float32
+and ``2.3e-13`` in float64. ``lipzoo.audit`` measures the float32-vs-float64 logit error of a model against this
+slack. For the MLP rule the head's quantities are recomputed in float64 from ``f``, the threshold of the
+softplus (it is linear where ``beta x > threshold``, off by ``<= exp(-threshold)/beta`` per unit) is added to
+the slack, and the curvature bound includes the float64 eigensolver's backward error. Certify in float64 with
+``dtype=torch.float64`` (the model is copied and cast) for the tightest numbers.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "CERTIFIER_VERSION", "DEFAULT_EPS", "SLACK_ULPS", "CertificationResult", "certify", "certify_dataset",
+    "certified_radius", "eps_label", "parse_eps", "rounding_slack", "lipschitz_margins", "lln_margins",
+    "lln_pair_distances", "mlp_margins", "mlp_curvature_bounds", "mlp_curvature_estimate", "label_radii",
+    "mlp_curvature_penalty", "plot_certified_accuracy",
+]
+
+CERTIFIER_VERSION = "1.0"
+DEFAULT_EPS: tuple[float, ...] = (36 / 255, 72 / 255, 108 / 255, 1.0)
+SLACK_ULPS = 1024.0
+_SQRT2 = math.sqrt(2.0)
+_HEAD_RULES = ("lipschitz", "lln", "mlp_curvature")
+
+
+# ---------------------------------------------------------------------------------------------- eps labels
+def eps_label(eps: float) -> str:
+    """``'36/255'`` when ``eps * 255`` is an integer (``1.0 -> '255/255'``), else ``repr(float(eps))``."""
+    k = float(eps) * 255.0
+    if abs(k - round(k)) < 1e-9:
+        return f"{int(round(k))}/255"
+    return repr(float(eps))
+
+
+def parse_eps(text: str | float) -> float:
+    """Inverse of :func:`eps_label`: ``'36/255' -> 0.1411...``, ``'0.5' -> 0.5``."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip()
+    if "/" in s:
+        num, den = s.split("/", 1)
+        return float(num) / float(den)
+    return float(s)
+
+
+# ------------------------------------------------------------------------------------------ margin rules
+def rounding_slack(logits: torch.Tensor, features: torch.Tensor | None = None,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Per-sample slack subtracted from every computed gap (see the module docstring).
+
+    ``SLACK_ULPS * finfo(dtype).eps * max(1, ||z||_2, ||f||_2)``, with ``dtype`` the forward's dtype
+    (default ``logits.dtype``). Returned in float64.
+    """
+    dtype = dtype or logits.dtype
+    scale = logits.detach().double().flatten(1).norm(dim=1).clamp_min(1.0)
+    if features is not None:
+        scale = torch.maximum(scale, features.detach().double().flatten(1).norm(dim=1))
+    return SLACK_ULPS * torch.finfo(dtype).eps * scale
+
+
+def _other_mask(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return F.one_hot(labels, num_classes).bool()
+
+
+def lipschitz_margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``(z_y - max_{j != y} z_j) / sqrt(2)`` per sample: the radius of class ``y`` for a 1-Lipschitz
+    network (divide by ``L`` for an ``L``-Lipschitz one). Negative when ``y`` is not the top class.
+    Differentiable; no rounding slack."""
+    z_y = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.masked_fill(_other_mask(labels, logits.shape[1]), float("-inf"))
+    return (z_y - others.max(dim=1).values) / _SQRT2
+
+
+def lln_pair_distances(normalized_weight: torch.Tensor) -> torch.Tensor:
+    """``D[i, j] = ||w_i - w_j||_2`` (C, C) for the rows of the (already normalised) LLN weight.
+
+    Computed from the Gram matrix so that it is cheap and differentiable (the diagonal, 0, has a zero
+    gradient). The certifier uses the exact row differences in float64 instead.
+    """
+    w = normalized_weight
+    gram = w @ w.T
+    sq = gram.diagonal()
+    d2 = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0)
+    eye = torch.eye(w.shape[0], dtype=torch.bool, device=w.device)
+    return torch.where(eye, torch.zeros_like(d2), d2.masked_fill(eye, 1.0).sqrt())
+
+
+def lln_margins(logits: torch.Tensor, labels: torch.Tensor, normalized_weight: torch.Tensor,
+                distances: torch.Tensor | None = None) -> torch.Tensor:
+    """``min_{j != y} (z_y - z_j) / ||w_y - w_j||`` per sample, over **all** classes: the radius of class ``y``
+    in the LLN head's input space (divide by ``L_body``). Negative when ``y`` is not the top class.
+
+    ``normalized_weight`` is the (C, d) weight the forward uses; ``distances`` (C, C) may be given to reuse
+    :func:`lln_pair_distances`. A pair with ``w_y == w_j`` has a constant gap: +inf if positive, else -inf.
+    Differentiable; no rounding slack.
+    """
+    if distances is None:
+        distances = lln_pair_distances(normalized_weight.to(logits.dtype))
+    z_y = logits.gather(1, labels[:, None])
+    dist = distances.to(logits.dtype)[labels]  # (N, C)
+    gap = z_y - logits
+    ratio = _safe_ratio(gap, dist)
+    ratio = ratio.masked_fill(_other_mask(labels, logits.shape[1]), float("inf"))
+    return ratio.min(dim=1).values
+
+
+def _safe_ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den``; where ``den == 0``: +inf if ``num > 0`` else -inf (a constant gap)."""
+    zero = den <= 0
+    safe = num / torch.where(zero, torch.ones_like(den), den)
+    inf = torch.full_like(safe, float("inf"))
+    return torch.where(zero, torch.where(num > 0, inf, -inf), safe)
+
+
+# ---------------------------------------------------------------------------------------------- MLP head
+@dataclass
+class _MLPParams:
+    w1: torch.Tensor  # (h, d)
+    b1: torch.Tensor  # (h,)
+    w2: torch.Tensor  # (C, h)
+    b2: torch.Tensor  # (C,)
+    beta: float
+    threshold: float
+
+    @classmethod
+    def of(cls, head: nn.Module, dtype: torch.dtype | None = None) -> "_MLPParams":
+        fc1, fc2 = getattr(head, "fc1", None), getattr(head, "fc2", None)
+        if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
+            raise TypeError(f"the 'mlp_curvature' rule needs a head with nn.Linear fc1 and fc2, got {type(head).__name__}")
+
+        def cast(t: torch.Tensor | None, n: int) -> torch.Tensor:
+            if t is None:
+                return torch.zeros(n, dtype=dtype or fc1.weight.dtype, device=fc1.weight.device)
+            return t if dtype is None else t.to(dtype)
+
+        return cls(cast(fc1.weight, 0), cast(fc1.bias, fc1.out_features), cast(fc2.weight, 0),
+                   cast(fc2.bias, fc2.out_features), float(getattr(head, "beta", 1.0)),
+                   float(getattr(head, "threshold", 20.0)))
+
+
+def _mlp_gaps_and_grads(features: torch.Tensor, labels: torch.Tensor, p: _MLPParams,
+                        chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(gaps z_y - z_j, gradient norms ||grad_f (z_y - z_j)||, logits), each (N, C), for the smooth softplus."""
+    f = features.flatten(1).to(p.w1.dtype)
+    n, c, h = f.shape[0], p.w2.shape[0], p.w2.shape[1]
+    chunk = chunk or max(1, (1 << 23) // max(1, c * max(h, p.w1.shape[1])))
+    gaps, norms, logits = [], [], []
+    for i in range(0, n, chunk):
+        fi, yi = f[i:i + chunk], labels[i:i + chunk]
+        pre = F.linear(fi, p.w1, p.b1)
+        z = F.linear(_softplus(pre, p.beta), p.w2, p.b2)
+        s1 = torch.sigmoid(p.beta * pre)  # derivative of softplus_beta
+        v = (s1[:, None, :] * p.w2[None]) @ p.w1  # (n, C, d): grad of z_j
+        v_y = v.gather(1, yi.view(-1, 1, 1).expand(-1, 1, v.shape[2]))
+        gaps.append(z.gather(1, yi[:, None]) - z)
+        norms.append((v_y - v).norm(dim=2))
+        logits.append(z)
+    return torch.cat(gaps), torch.cat(norms), torch.cat(logits)
+
+
+def _softplus(x: torch.Tensor, beta: float) -> torch.Tensor:
+    """The smooth softplus ``log(1 + exp(beta x)) / beta`` (no threshold), stable for large ``|x|``."""
+    z = beta * x
+    return (F.relu(z) + torch.log1p(torch.exp(-z.abs()))) / beta
+
+
+def _curvature_radius(gap: torch.Tensor, grad_norm: torch.Tensor, curvature: torch.Tensor) -> torch.Tensor:
+    """``2 D / (sqrt(G^2 + 2 K D) + G)`` for ``D > 0`` (the root of ``D - G r - K r^2 / 2``), ``D / G`` for
+    ``D <= 0`` (negative); +inf when ``G = K = 0 < D``."""
+    pos = gap > 0
+    d_pos = torch.where(pos, gap, torch.zeros_like(gap))
+    den = torch.sqrt(grad_norm ** 2 + 2 * curvature * d_pos) + grad_norm
+    r_pos = _safe_ratio(2 * d_pos, den)
+    r_neg = _safe_ratio(gap, grad_norm)
+    return torch.where(pos, r_pos, torch.where(gap == 0, torch.zeros_like(gap), r_neg))
+
+
+@torch.no_grad()
+def mlp_curvature_bounds(head: nn.Module, classes: Iterable[int] | None = None) -> torch.Tensor:
+    """Proven bounds ``K[t, j] >= -lambda_min(Hessian of z_t - z_j)`` (float64, (C, C), diagonal 0).
+
+    ``K[t, j] = beta/4 * lambda_max(W1^T diag(relu(w2_j - w2_t)) W1)``, computed with ``eigvalsh`` in float64
+    on the smaller of the (d x d) matrix and the (k x k) one ``S W1 W1^T S`` restricted to the k hidden
+    units where ``w2_j > w2_t`` (same non-zero spectrum), plus ``4 k eps64 ||A||_F`` for the eigensolver's
+    backward error. Rows not in ``classes`` are NaN.
+    """
+    p = _MLPParams.of(head, torch.float64)
+    w1, w2, quarter = p.w1, p.w2, p.beta / 4.0
+    c, (h, d) = w2.shape[0], w1.shape
+    out = torch.full((c, c), float("nan"), dtype=torch.float64, device=w1.device)
+    gram = w1 @ w1.T if h < d else None
+    for t in (range(c) if classes is None else sorted({int(k) for k in classes})):
+        out[t, t] = 0.0
+        for j in range(c):
+            if j == t:
+                continue
+            a = (w2[j] - w2[t]).clamp_min(0)
+            idx = a.nonzero().flatten()
+            k = idx.numel()
+            if k == 0:
+                out[t, j] = 0.0
+                continue
+            s = a[idx].sqrt()
+            if gram is not None or k < d:
+                g = gram[idx][:, idx] if gram is not None else w1[idx] @ w1[idx].T
+                mat = g * (s[:, None] * s[None, :])
+            else:
+                b = w1[idx] * s[:, None]
+                mat = b.T @ b
+            lam = torch.linalg.eigvalsh(mat)[-1].clamp_min(0)
+            err = 4 * mat.shape[0] * torch.finfo(torch.float64).eps * torch.linalg.matrix_norm(mat)
+            out[t, j] = quarter * (lam + err)
+    return out
+
+
+def mlp_curvature_estimate(head: nn.Module, iters: int = 5) -> torch.Tensor:
+    """Differentiable estimate of ``K`` (C, C) (see :func:`mlp_curvature_bounds`) for training losses.
+
+    Power iteration without autograd (warm-started from the previous call on the same head), then a
+    Rayleigh quotient with autograd, whose gradient is the eigenvalue's at convergence. A lower estimate of the
+    bound, not a certificate.
+    """
+    p = _MLPParams.of(head)
+    w1, w2 = p.w1, p.w2
+    if w1.dtype in (torch.float16, torch.bfloat16):
+        w1, w2 = w1.float(), w2.float()
+    c, d = w2.shape[0], w1.shape[1]
+    a = (w2[None, :, :] - w2[:, None, :]).clamp_min(0)  # (t, j, h): relu(w2_j - w2_t)
+    with torch.no_grad():
+        vecs = _POWER_VECTORS.get(id(head))
+        if vecs is None or vecs.shape != (c, c, d) or vecs.device != w1.device or vecs.dtype != w1.dtype:
+            gen = torch.Generator().manual_seed(0)
+            vecs = torch.randn(c, c, d, generator=gen, dtype=torch.float64).to(w1)
+        a_d, w1_d = a.detach(), w1.detach()
+        for _ in range(iters):
+            vecs = ((a_d * (vecs @ w1_d.T)) @ w1_d)
+            vecs = vecs / vecs.norm(dim=2, keepdim=True).clamp_min(1e-30)
+        _POWER_VECTORS[id(head)] = vecs
+    rq = (a * (vecs @ w1.T) ** 2).sum(dim=2)
+    return (p.beta / 4.0) * rq * (1 - torch.eye(c, dtype=rq.dtype, device=rq.device))
+
+
+_POWER_VECTORS: dict[int, torch.Tensor] = {}
+
+
+def mlp_margins(features: torch.Tensor, labels: torch.Tensor, head: nn.Module,
+                curvature: torch.Tensor | None = None) -> torch.Tensor:
+    """``min_{j != y}`` of the curvature radius of class ``y`` in the MLP head's input space (divide by ``L_body``).
+
+    ``curvature`` (C, C) defaults to :func:`mlp_curvature_estimate` (differentiable, for training); the
+    certifier passes :func:`mlp_curvature_bounds`. Negative when ``y`` is not the top class. No rounding slack.
+    """
+    p = _MLPParams.of(head, features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32)
+    if curvature is None:
+        curvature = mlp_curvature_estimate(head)
+    gaps, gnorm, _ = _mlp_gaps_and_grads(features, labels, p)
+    r = _curvature_radius(gaps, gnorm, curvature.to(gaps.dtype)[labels])
+    return r.masked_fill(_other_mask(labels, gaps.shape[1]), float("inf")).min(dim=1).values
+
+
+def _model_head_rule(model: nn.Module) -> str:
+    rule = getattr(model, "head_rule", "lipschitz")
+    if rule not in _HEAD_RULES:
+        raise ValueError(f"unknown head rule {rule!r}; expected one of {_HEAD_RULES}")
+    return rule
+
+
+def label_radii(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None,
+                lipschitz: float = 1.0) -> torch.Tensor:
+    """Differentiable certified radius of the *label* class under the model's head rule, divided by
+    ``lipschitz`` (the body's bound, or the whole network's for ``"lipschitz"``). ``<= 0`` when the label is not
+    the prediction. The MLP rule needs ``features`` and uses the curvature *estimate* (a training signal, not a
+    certificate). No rounding slack: use :func:`certify` for certificates."""
+    rule = _model_head_rule(model)
+    if rule == "lipschitz":
+        m = lipschitz_margins(logits, labels)
+    elif rule == "lln":
+        w = _normalized_weight(model)
+        m = lln_margins(logits, labels, w, lln_pair_distances(w.to(logits.dtype)))
+    else:
+        if features is None:
+            raise ValueError("the 'mlp_curvature' head rule needs the head's input: label_radii(..., features=f)")
+        m = mlp_margins(features, labels, model.get_classifier())
+    return m / lipschitz
+
+
+def mlp_curvature_penalty(model: nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """``mean_n mean_{j != y_n} K[y_n, j]`` with the differentiable curvature estimate (the improved-techniques
+    curvature regulariser); 0 for models whose head rule is not ``"mlp_curvature"``."""
+    if _model_head_rule(model) != "mlp_curvature":
+        return torch.zeros((), device=labels.device)
+    k = mlp_curvature_estimate(model.get_classifier())
+    c = k.shape[0]
+    return (k[labels].sum(dim=1) / max(c - 1, 1)).mean()
+
+
+def _normalized_weight(model: nn.Module) -> torch.Tensor:
+    head = model.get_classifier()
+    fn = getattr(head, "normalized_weight", None)
+    if not callable(fn):
+        raise TypeError(f"the 'lln' rule needs a head with normalized_weight(), got {type(head).__name__}")
+    return fn()
+
+
+# ------------------------------------------------------------------------------------------ the certifier
+class _Rule:
+    """Radii of the predictions of one model (one certify call): the constant parts of the rule, computed once."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype, lipschitz: float):
+        self.model, self.dtype, self.lipschitz = model, dtype, float(lipschitz)
+        self.rule = _model_head_rule(model)
+        self.head = model.get_classifier() if self.rule != "lipschitz" else None
+        self._dist: torch.Tensor | None = None
+        self._mlp: _MLPParams | None = None
+        self._curv: torch.Tensor | None = None
+        if self.rule == "lln":
+            with torch.no_grad():
+                w = _normalized_weight(model).detach().double()  # the weight the forward uses, cast exactly
+            self._dist = torch.stack([(w[t] - w).norm(dim=1) for t in range(w.shape[0])])
+        elif self.rule == "mlp_curvature":
+            p = _MLPParams.of(self.head, torch.float64)
+            self._mlp = _MLPParams(p.w1.cpu(), p.b1.cpu(), p.w2.cpu(), p.b2.cpu(), p.beta, p.threshold)
+            self._curv = torch.zeros((p.w2.shape[0],) * 2, dtype=torch.float64)
+            self._have_rows: set[int] = set()
+            # ||w2_t - w2_j||_1, for the softplus-threshold term of the slack
+            self._u1 = torch.stack([(self._mlp.w2[t] - self._mlp.w2).abs().sum(dim=1) for t in range(p.w2.shape[0])])
+
+    def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.rule == "lipschitz":
+            return self.model(x), None
+        f = self.model.forward_features(x)
+        return self.model.forward_head(f), f
+
+    def radii(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(radius of the prediction in input space (float64, CPU), prediction) for a batch."""
+        logits, feats = self.logits_and_features(x)
+        pred = logits.argmax(dim=1)
+        z = logits.detach().double().cpu()
+        pred_c = pred.cpu()
+        f = None if feats is None else feats.detach().flatten(1).double().cpu()
+        slack = rounding_slack(z, f, dtype=self.dtype)
+        if self.rule == "lipschitz":
+            top2 = z.topk(2, dim=1).values if z.shape[1] > 1 else torch.cat([z, z.new_full(z.shape, -math.inf)], 1)
+            margin = (top2[:, 0] - top2[:, 1] - slack).clamp_min(0)
+            r = margin / (_SQRT2 * self.lipschitz)
+        elif self.rule == "lln":
+            gap = z.gather(1, pred_c[:, None]) - z - slack[:, None]
+            ratio = _safe_ratio(gap, self._dist[pred_c])
+            ratio = ratio.masked_fill(_other_mask(pred_c, z.shape[1]), float("inf"))
+            r = ratio.min(dim=1).values.clamp_min(0) / self.lipschitz
+        else:
+            p = self._mlp
+            missing = sorted({int(t) for t in pred_c.tolist()} - self._have_rows)
+            if missing:
+                self._curv[missing] = mlp_curvature_bounds(self.head, missing).cpu()[missing]
+                self._have_rows.update(missing)
+            gaps, gnorm, _ = _mlp_gaps_and_grads(f, pred_c, p)
+            # gaps of the smooth softplus; the head's thresholded one differs by <= log1p(exp(-thr))/beta per unit
+            thr = math.log1p(math.exp(-p.threshold)) / p.beta
+            gaps = gaps - slack[:, None] - 2 * thr * self._u1[pred_c]
+            rad = _curvature_radius(gaps, gnorm, self._curv[pred_c])
+            rad = rad.masked_fill(_other_mask(pred_c, gaps.shape[1]), float("inf"))
+            r = rad.min(dim=1).values.clamp_min(0) / self.lipschitz
+        if not math.isfinite(self.lipschitz) or self.lipschitz <= 0:
+            r = torch.zeros_like(r)
+        return r, pred_c
+
+
+@dataclass
+class CertificationResult:
+    """Per-sample certified radii of the predictions and the derived accuracies.
+
+    ``radii[i]`` is the certified l2 radius (pixel space, [0, 1] images) of the prediction, 0 when misclassified;
+    a sample is certified at ``eps`` iff ``correct[i] and radii[i] > eps``.
+    """
+
+    radii: torch.Tensor  # float64 (N,)
+    correct: torch.Tensor  # bool (N,)
+    predictions: torch.Tensor  # int64 (N,)
+    labels: torch.Tensor  # int64 (N,)
+    eps: tuple[float, ...]
+    lipschitz_bound: float
+    head_rule: str
+    dtype: str
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.radii.numel())
+
+    @property
+    def clean_accuracy(self) -> float:
+        return float(self.correct.double().mean()) if self.n else float("nan")
+
+    def certified_accuracy_at(self, eps: float) -> float:
+        """Fraction of samples that are correct with ``radius > eps``."""
+        if not self.n:
+            return float("nan")
+        return float((self.correct & (self.radii > eps)).double().mean())
+
+    @property
+    def certified_accuracy(self) -> dict[float, float]:
+        return {float(e): self.certified_accuracy_at(e) for e in self.eps}
+
+    def to_dict(self, samples: bool = False) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "certified_accuracy": {eps_label(e): a for e, a in self.certified_accuracy.items()},
+            "eps": {eps_label(e): float(e) for e in self.eps},
+            "lipschitz_bound": self.lipschitz_bound,
+            "head_rule": self.head_rule,
+            "dtype": self.dtype,
+            "certifier_version": CERTIFIER_VERSION,
+            "seconds": self.seconds,
+        }
+        if samples:
+            out["radii"] = self.radii.tolist()
+            out["correct"] = self.correct.tolist()
+            out["predictions"] = self.predictions.tolist()
+        return out
+
+    def to_json(self, path: str | Path | None = None, samples: bool = False) -> str:
+        text = json.dumps(self.to_dict(samples=samples), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    def to_claims(self, dataset: str = "cifar10", split: str = "test", subset: str = "full") -> dict[str, Any]:
+        """The claims record (results.json, model cards, ``lipzoo.verify``)."""
+        return {
+            "dataset": dataset,
+            "split": split,
+            "subset": subset,
+            "n": self.n,
+            "clean_accuracy": self.clean_accuracy,
+            "certified_accuracy": {eps_label(e): a for e, a in self.certified_accuracy.items()},
+            "eps": {eps_label(e): float(e) for e in self.eps},
+            "lipschitz_bound": float(self.lipschitz_bound),
+            "head_rule": self.head_rule,
+            "dtype": self.dtype,
+            "certifier_version": CERTIFIER_VERSION,
+        }
+
+    def summary(self) -> str:
+        lines = [f"n={self.n}  head_rule={self.head_rule}  L={self.lipschitz_bound:.7g}  dtype={self.dtype}  "
+                 f"({self.seconds:.1f} s)",
+                 f"{'eps':>10}  {'certified':>9}", f"{'clean':>10}  {100 * self.clean_accuracy:8.2f}%"]
+        lines += [f"{eps_label(e):>10}  {100 * a:8.2f}%" for e, a in self.certified_accuracy.items()]
+        return "\n".join(lines)
+
+
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"certify in float32 or float64, never {dtype}")
+    return dtype
+
+
+class _Prepared:
+    """The model in eval mode and in the certifying dtype (a cast copy when needed); restores train mode."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.orig, self.dtype = model, dtype
+        params = [p for p in model.parameters() if p.is_floating_point()]
+        if params and any(p.dtype != dtype for p in params):
+            self.model = copy.deepcopy(model).to(dtype)
+        else:
+            self.model = model
+        self.was_training = model.training
+
+    def __enter__(self) -> nn.Module:
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc) -> None:
+        if self.model is self.orig and self.was_training:
+            self.orig.train()
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.model.parameters():
+            return p.device
+        return torch.device("cpu")
+
+
+def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if images.dtype == torch.uint8:
+        if images.dim() == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+            images = images.permute(0, 3, 1, 2)
+        images = images.float().div(255)
+    if not torch.is_floating_point(images):
+        raise TypeError(f"expected float images in [0, 1], got {images.dtype}")
+    return images
+
+
+def _batches_from_tensors(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for i in range(0, len(labels), batch_size):
+        yield images[i:i + batch_size], labels[i:i + batch_size]
+
+
+def _run(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None,
+         eps: Sequence[float], dtype: torch.dtype, progress: bool, lipschitz_bound: float | None) -> CertificationResult:
+    dtype = _check_dtype(dtype)
+    eps = tuple(float(e) for e in eps)
+    start = time.perf_counter()
+    prep = _Prepared(model, dtype)
+    radii, preds, labs = [], [], []
+    with prep as m, torch.no_grad():
+        bound = float(m.lipschitz_bound()) if lipschitz_bound is None else float(lipschitz_bound)
+        if not math.isfinite(bound) or bound <= 0:
+            warnings.warn(f"the model's Lipschitz bound is {bound}: nothing can be certified", RuntimeWarning, stacklevel=3)
+        rule = _Rule(m, dtype, bound)
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, desc="certify", unit="img")
+        for x, y in batches:
+            x = _as_images(x).to(device=prep.device, dtype=dtype)
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            r, p = rule.radii(x)
+            radii.append(r)
+            preds.append(p)
+            labs.append(torch.as_tensor(y).long().cpu().flatten())
+            if bar is not None:
+                bar.update(len(p))
+        if bar is not None:
+            bar.close()
+    radii_t = torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64)
+    preds_t = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+    labs_t = torch.cat(labs) if labs else torch.zeros(0, dtype=torch.long)
+    correct = preds_t == labs_t
+    radii_t = torch.where(correct, radii_t, torch.zeros_like(radii_t))
+    return CertificationResult(radii=radii_t, correct=correct, predictions=preds_t, labels=labs_t, eps=eps,
+                               lipschitz_bound=bound, head_rule=rule.rule, dtype=str(dtype).replace("torch.", ""),
+                               seconds=time.perf_counter() - start)
+
+
+def certify(
+    model: nn.Module,
+    images: torch.Tensor | np.ndarray,
+    labels: torch.Tensor | np.ndarray | Sequence[int],
+    eps: Sequence[float] = DEFAULT_EPS,
+    batch_size: int = 500,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = False,
+    lipschitz_bound: float | None = None,
+) -> CertificationResult:
+    """Certify ``model`` on ``images`` (N, C, H, W) in [0, 1] (uint8 is divided by 255) with ``labels``.
+
+    Runs in eval mode without autograd, channels-last, in ``dtype`` (float32 or float64; a cast copy of the
+    model is used when its parameters have another dtype). ``lipschitz_bound`` overrides
+    ``model.lipschitz_bound()`` (only for models that do not state one). The model's train/eval mode is restored.
+    """
+    images = _as_images(images)
+    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long()
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    return _run(model, _batches_from_tensors(images, labels, batch_size), len(labels), eps, dtype, progress,
+                lipschitz_bound)
+
+
+def certify_dataset(
+    model: nn.Module,
+    dataset_or_loader: Any,
+    eps: Sequence[float] = DEFAULT_EPS,
+    batch_size: int = 500,
+    dtype: torch.dtype = torch.float32,
+    progress: bool = True,
+    indices: np.ndarray | Sequence[int] | None = None,
+) -> CertificationResult:
+    """Certify on a dataset: a :class:`lipzoo.data.CIFAR` (uses ``.tensors(indices)``), any map-style dataset of
+    ``(image, label)``, a ``DataLoader`` yielding ``(images, labels)`` batches, or an ``(images, labels)`` tuple."""
+    obj = dataset_or_loader
+    if isinstance(obj, tuple) and len(obj) == 2:
+        images, labels = obj
+        if indices is not None:
+            images, labels = images[indices], labels[indices]
+        return certify(model, images, labels, eps, batch_size, dtype, progress)
+    if callable(getattr(obj, "tensors", None)):
+        images, labels = obj.tensors(None if indices is None else np.asarray(indices))
+        return certify(model, images, labels, eps, batch_size, dtype, progress)
+    if isinstance(obj, torch.utils.data.DataLoader):
+        if indices is not None:
+            raise ValueError("indices cannot be combined with a DataLoader; subset the dataset instead")
+        total = len(obj.dataset) if hasattr(obj.dataset, "__len__") else None
+        return _run(model, iter(obj), total, eps, dtype, progress, None)
+    if indices is not None:
+        obj = torch.utils.data.Subset(obj, list(indices))
+    loader = torch.utils.data.DataLoader(obj, batch_size=batch_size, shuffle=False)
+    return _run(model, iter(loader), len(obj), eps, dtype, progress, None)
+
+
+def certified_radius(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None,
+                     return_predictions: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Certified l2 radius (float64, pixel space) of the model's *prediction* for each image of ``x`` (no labels
+    needed; misclassification is not known here). ``dtype`` defaults to float32."""
+    dtype = _check_dtype(dtype or torch.float32)
+    prep = _Prepared(model, dtype)
+    with prep as m, torch.no_grad():
+        rule = _Rule(m, dtype, float(m.lipschitz_bound()))
+        xx = _as_images(x).to(device=prep.device, dtype=dtype)
+        r, p = rule.radii(xx.contiguous(memory_format=torch.channels_last) if xx.dim() == 4 else xx)
+    return (r, p) if return_predictions else r
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def _radii_and_n(obj: Any) -> tuple[np.ndarray, float | None]:
+    if isinstance(obj, CertificationResult):
+        return obj.radii.numpy(), obj.clean_accuracy
+    r = obj.detach().cpu().numpy() if torch.is_tensor(obj) else np.asarray(obj, dtype=np.float64)
+    return r.astype(np.float64), None
+
+
+def plot_certified_accuracy(
+    result_or_radii: CertificationResult | torch.Tensor | np.ndarray | Mapping[str, Any],
+    path: str | Path,
+    title: str | None = None,
+    eps_max: float = 1.5,
+    marks: Sequence[float] = DEFAULT_EPS,
+) -> Path:
+    """Plot the fraction of samples certified (correct and radius > eps) against eps in [0, eps_max].
+
+    ``result_or_radii``: a :class:`CertificationResult`, per-sample radii (0 for misclassified), or a mapping
+    ``label -> either`` for several curves. The default eps are marked. Writes ``path`` (PNG/SVG/PDF).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    curves = dict(result_or_radii) if isinstance(result_or_radii, Mapping) else {None: result_or_radii}
+    grid = np.linspace(0.0, eps_max, 301)
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    for label, obj in curves.items():
+        radii, clean = _radii_and_n(obj)
+        n = max(len(radii), 1)
+        frac = (radii[None, :] > grid[:, None]).sum(axis=1) / n
+        line, = ax.plot(grid, 100 * frac, label=label)
+        ms = [e for e in marks if e <= eps_max]
+        ax.plot(ms, [100 * float((radii > e).sum()) / n for e in ms], "o", color=line.get_color(), ms=4)
+        if clean is not None:
+            ax.plot([0.0], [100 * clean], "s", color=line.get_color(), ms=4)
+    for e in marks:
+        if e <= eps_max:
+            ax.axvline(e, color="0.85", lw=0.8, zorder=0)
+    ax.set_xlim(0, eps_max)
+    ax.set_ylim(0, 100)
+    ax.set_xlabel("l2 radius eps (pixel space, [0, 1] images)")
+    ax.set_ylabel("certified accuracy (%)")
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title)
+    if any(k is not None for k in curves):
+        ax.legend()
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

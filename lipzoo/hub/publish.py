@@ -1,0 +1,355 @@
+"""``lipzoo publish``: certify a checkpoint, write its hub repo, upload it, record it in ``published.json``.
+
+One published model ``<arch>.<tag>`` is the repo ``lipzoo/<arch>.<tag>`` (timm's ``save_for_hf`` layout):
+
+* ``model.safetensors``: the state dict (the only weights file; no pickle);
+* ``config.json``: timm's config (``architecture``, ``num_classes``, ``num_features``, ``model_args``,
+  ``pretrained_cfg``) plus a ``lipzoo`` block: family, paper, the claims record, the training recipe, the
+  code revision and the sha256 of ``model.safetensors``;
+* ``README.md``: the model card (:mod:`lipzoo.hub.card`) and ``certified_accuracy.png``.
+
+The claims are always **measured** here, with the shared certifier on the full test set (``quick=True``
+measures a prefix of the test set, for tests only). The repo folder is written to ``<hub_dir>/<org>/<name>``
+by building it beside the old one and swapping it in, so an existing repo is never left half-written.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from .snapshot import REPO_ROOT, GitUnavailableError, check_repo_id, hub_dir, replace_dir, sha256_file, snapshot_revision
+
+__all__ = ["publish", "PublishResult", "PublishError", "record_published", "published_json_path", "QUICK_N",
+           "resolve_endpoint"]
+
+QUICK_N = 500
+LOCAL_TOKEN = "lipzoo-local-hub"  # sent to loopback hubs instead of a real token
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class PublishError(RuntimeError):
+    pass
+
+
+@dataclass
+class PublishResult:
+    """What :func:`publish` did. ``revision`` is the snapshot sha the local hub serves (``None`` without git);
+    ``hub_revision`` the commit made by an upload to another hub, when it differs."""
+
+    model_id: str
+    repo_id: str
+    folder: Path
+    sha256: str
+    claims: dict[str, Any]
+    revision: str | None
+    hub_revision: str | None = None
+    endpoint: str | None = None
+    uploaded: bool = False
+    messages: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"published {self.model_id} -> {self.folder}", f"  sha256   {self.sha256}",
+                 f"  revision {self.revision}"]
+        if self.hub_revision:
+            lines.append(f"  hub revision {self.hub_revision}")
+        lines.append(f"  clean {100 * self.claims['clean_accuracy']:.2f}%  " + "  ".join(
+            f"{k}: {100 * v:.2f}%" for k, v in self.claims["certified_accuracy"].items()) + f"  (n={self.claims['n']})")
+        return "\n".join(lines + [f"  {m}" for m in self.messages])
+
+
+def published_json_path() -> Path:
+    """The registry file publish writes (``$LIPZOO_PUBLISHED_JSON`` or ``lipzoo/hub/published.json``)."""
+    from ..models import _builder
+
+    return Path(_builder.PUBLISHED_JSON)
+
+
+def record_published(model_id: str, entry: Mapping[str, Any], path: str | os.PathLike | None = None) -> Path:
+    """Add or replace ``model_id`` in ``published.json``, under a lock, by an atomic rename."""
+    from filelock import FileLock
+
+    from ..data import cache_dir
+
+    path = Path(path or published_json_path())
+    lock_dir = cache_dir() / "locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_dir / f"published-{uuid.uuid5(uuid.NAMESPACE_URL, str(path.resolve())).hex}.lock"))
+    with lock:
+        data: dict[str, Any] = {}
+        if path.exists() and path.read_text().strip():
+            try:
+                data = json.loads(path.read_text())
+            except json.JSONDecodeError as e:
+                raise PublishError(f"{path} is not valid JSON ({e}); restore it (e.g. from git) before publishing") from e
+        data[model_id] = dict(entry)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    return path
+
+
+def resolve_endpoint(endpoint: str | None = None, token: str | None = None) -> tuple[str, str | None]:
+    """``(endpoint, token)`` of the upload: ``endpoint`` > ``$HF_ENDPOINT`` > the Hugging Face Hub when a token
+    is set > the local hub on its default port. Loopback hubs get a placeholder token, never a real one."""
+    from huggingface_hub import get_token
+
+    from .server import DEFAULT_PORT
+
+    token = token or get_token()
+    ep = endpoint or os.environ.get("HF_ENDPOINT") or ("https://huggingface.co" if token else f"http://127.0.0.1:{DEFAULT_PORT}")
+    if _is_loopback(ep):
+        token = LOCAL_TOKEN
+    return ep.rstrip("/"), token
+
+
+def _is_loopback(endpoint: str) -> bool:
+    return (urlsplit(endpoint).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _code_revision() -> tuple[str | None, bool]:
+    """``(git sha of the project's HEAD, dirty?)``; ``(None, False)`` outside a git checkout."""
+    git = shutil.which("git")
+    if git is None or not (REPO_ROOT / ".git").exists():
+        return None, False
+    try:
+        sha = subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run([git, "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10)
+        return (sha.stdout.strip() or None), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, False
+
+
+def _load_weights(model, checkpoint: Path) -> Path | None:
+    """Load ``checkpoint`` into ``model``; returns the training run directory when there is one."""
+    from ..convert import load_checkpoint
+
+    if checkpoint.is_dir():
+        weights = checkpoint / "model.safetensors"
+        if not weights.is_file():
+            found = ", ".join(sorted(p.name for p in checkpoint.iterdir())) or "nothing"
+            raise PublishError(f"{checkpoint} holds no model.safetensors (found: {found}); pass the weights file, or "
+                               "finish the training run (it exports model.safetensors at the end)")
+        load_checkpoint(model, weights)
+        return checkpoint
+    if not checkpoint.is_file():
+        raise PublishError(f"checkpoint {checkpoint} does not exist")
+    load_checkpoint(model, checkpoint)
+    return checkpoint.parent
+
+
+def _training_record(results: str | os.PathLike | None, run_dir: Path | None) -> dict[str, Any] | None:
+    path = Path(results) if results else (run_dir / "results.json" if run_dir else None)
+    if path is None or not path.is_file():
+        if results:
+            raise PublishError(f"training results file {results} does not exist")
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise PublishError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(record, dict):
+        raise PublishError(f"{path} must hold a JSON object (the training run's results.json)")
+    return record
+
+
+def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
+    name = recipe.get("name")
+    if not name:
+        return None
+    parts = ["lipzoo train", f"--recipe {name}"]
+    try:
+        from ..train.recipes import get_recipe
+
+        base = json.loads(json.dumps(get_recipe(name).to_dict()))
+        for key, value in recipe.items():
+            if key != "name" and base.get(key) != value:
+                shown = json.dumps(value) if isinstance(value, (dict, list)) else value
+                parts.append(f"--{key.replace('_', '-')} '{shown}'" if isinstance(value, (dict, list)) else f"--{key.replace('_', '-')} {shown}")
+    except Exception:  # an unknown or changed recipe: show the recipe table only
+        pass
+    return " ".join(parts + [f"--out runs/{model_id}"])
+
+
+def _upload(folder: Path, repo_id: str, model_id: str, sha: str, endpoint: str, token: str | None) -> str:
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=endpoint, token=token, library_name="lipzoo")
+    api.create_repo(repo_id, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), delete_patterns="*",
+                             commit_message=f"Publish {model_id} (model.safetensors sha256 {sha[:16]})")
+    return info.oid
+
+
+def publish(
+    checkpoint: str | os.PathLike,
+    arch: str,
+    tag: str,
+    *,
+    repo_id: str | None = None,
+    endpoint: str | None = None,
+    results: str | os.PathLike | None = None,
+    hub: str | os.PathLike | None = None,
+    quick: bool = False,
+    quick_n: int = QUICK_N,
+    data_root: str | os.PathLike | None = None,
+    batch_size: int = 250,
+    upload: bool = True,
+    token: str | None = None,
+    license: str = "mit",
+) -> PublishResult:
+    """Certify ``checkpoint`` as ``<arch>.<tag>``, write its repo into the hub folder, upload it, record it.
+
+    Args:
+        checkpoint: a lipzoo ``.safetensors`` state dict, a training run directory holding ``model.safetensors``,
+            or another lipzoo checkpoint file (read with ``torch.load(weights_only=True)``).
+        arch: a registered architecture (``'sll_xs'``; hyphens accepted).
+        tag: ``<dataset>[_<recipe>]``, e.g. ``'cifar10'``; the dataset (cifar10/cifar100) is certified on.
+        repo_id: default ``'lipzoo/<arch>.<tag>'``.
+        endpoint: upload target (see :func:`resolve_endpoint`). ``upload=False`` or an unreachable endpoint
+            skips the upload (with a message); the repo folder and ``published.json`` are written anyway.
+        results: the training run's ``results.json`` (recipe, git revision); default: next to the checkpoint.
+            Its claims are never copied: they are compared with the measurement.
+        hub: the hub folder (default ``$LIPZOO_HUB_DIR`` or the project's ``hub/``).
+        quick: certify only the first ``quick_n`` test images (for tests; refused for the project's own
+            ``hub/`` and ``published.json``).
+    """
+    from .. import __version__
+    from .._registry import create_model, resolve_name
+    from ..certify import certify, plot_certified_accuracy
+    from ..data import CIFAR, NUM_CLASSES
+    from ..models._builder import ARCHS
+    from .card import DATASET_NAMES, model_stats, render_card
+
+    arch = resolve_name(arch)
+    if "." in arch:
+        raise PublishError(f"pass the architecture without a tag (got {arch!r}); the tag goes in --tag")
+    if not _TAG.match(tag or ""):
+        raise PublishError(f"invalid tag {tag!r}: use letters, digits, '_' and '-', e.g. 'cifar10' or 'cifar10_sllcpu'")
+    dataset = tag.split("_")[0].lower()
+    if dataset not in NUM_CLASSES:
+        raise PublishError(f"the tag must start with the dataset it was trained on ({', '.join(NUM_CLASSES)}), got {tag!r}")
+    model_id = f"{arch}.{tag}"
+    repo_id = repo_id or f"lipzoo/{model_id}"
+    org, name = check_repo_id(repo_id)
+    hub_root = hub_dir(hub)
+    registry = published_json_path()
+    if quick and (registry.resolve() == (REPO_ROOT / "lipzoo" / "hub" / "published.json").resolve()
+                  or hub_root.resolve() == (REPO_ROOT / "hub").resolve()):
+        raise PublishError("--quick claims are for tests only: point LIPZOO_PUBLISHED_JSON and --hub-dir (or "
+                           "LIPZOO_HUB_DIR) at scratch locations, or publish without --quick")
+    messages: list[str] = []
+
+    # 1. weights
+    model = create_model(arch, num_classes=NUM_CLASSES[dataset])
+    run_dir = _load_weights(model, Path(checkpoint))
+    model.eval()
+    record = _training_record(results, run_dir)
+    if record and record.get("arch") and resolve_name(str(record["arch"])) != arch:
+        raise PublishError(f"the training results are for {record['arch']!r}, not {arch!r}")
+
+    # 2. claims: measured, never copied
+    data = CIFAR(dataset, "test", root=data_root)
+    images, labels = data.tensors()
+    if quick:
+        images, labels = images[:quick_n], labels[:quick_n]
+    result = certify(model, images, labels, batch_size=batch_size)
+    claims = result.to_claims(dataset, "test", "quick" if quick else "full")
+    trained = (record or {}).get("claims") or {}
+    if trained and trained.get("subset") == claims["subset"] and trained.get("n") == claims["n"]:
+        diffs = [k for k in claims["certified_accuracy"] if abs(trained.get("certified_accuracy", {}).get(k, -1) - claims["certified_accuracy"][k]) > 1e-9]
+        if abs(trained.get("clean_accuracy", -1) - claims["clean_accuracy"]) > 1e-9 or diffs:
+            messages.append("note: the training run's results.json reports other accuracies than this measurement; "
+                            "the card uses the measurement")
+
+    # 3. the repo folder, built beside the old one
+    code_revision, dirty = _code_revision()
+    recipe = (record or {}).get("recipe") or None
+    info = ARCHS[arch]
+    hub_root.joinpath(org).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=hub_root / org))
+    try:
+        from safetensors.torch import save_file
+        from timm.models._hub import save_config_for_hf
+
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+        save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        sha = sha256_file(staging / "model.safetensors")
+        block = {
+            "family": info.family, "arch": arch, "tag": tag, "paper": info.paper, "claims": claims,
+            "sha256": sha, "code_revision": code_revision, "code_dirty": dirty, "lipzoo_version": __version__,
+            "training": {"recipe": recipe, "git_revision": (record or {}).get("git_revision"),
+                         "torch": (record or {}).get("torch")} if record else None,
+        }
+        save_config_for_hf(model, str(staging / "config.json"), model_config={
+            "pretrained_cfg": {"tag": tag, "license": license, "paper_name": info.paper, "description": info.description},
+            "lipzoo": block,
+        })
+        plot_certified_accuracy(result, staging / "certified_accuracy.png",
+                                title=f"{model_id}: {DATASET_NAMES[dataset]} test, n={claims['n']}")
+        command = f"lipzoo publish {checkpoint} --arch {arch} --tag {tag}"
+        command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
+        command += " --quick" if quick else ""
+        card = render_card(
+            repo_id=repo_id, arch=arch, tag=tag, claims=claims, stats=model_stats(model), sha256=sha,
+            info={"family": info.family, "paper": info.paper, "description": info.description,
+                  "bibtex": info.extra.get("bibtex")},
+            code_revision=code_revision, code_dirty=dirty,
+            publish_command=command, training=recipe, license=license,
+            train_command=_train_command(recipe, model_id) if recipe else None,
+            training_revision=(record or {}).get("git_revision"),
+        )
+        card.save(str(staging / "README.md"))
+        try:
+            revision = snapshot_revision(staging, repo_id)
+        except GitUnavailableError as e:
+            revision = None
+            messages.append(f"no revision recorded: {e}")
+        folder = hub_root / org / name
+        replace_dir(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    # 4. upload, then record (the hub folder is the offline truth even when the upload fails)
+    out = PublishResult(model_id, repo_id, folder, sha, claims, revision, messages=messages)
+    upload_error: Exception | None = None
+    if upload:
+        from .server import endpoint_reachable
+
+        ep, tok = resolve_endpoint(endpoint, token)
+        out.endpoint = ep
+        if not endpoint_reachable(ep):
+            messages.append(f"no hub reachable at {ep}: upload skipped. The repo is in {hub_root}; `lipzoo hub serve` "
+                            "serves it, or publish again with --endpoint")
+        else:
+            try:
+                oid = _upload(folder, repo_id, model_id, sha, ep, tok)
+                out.uploaded = True
+                messages.append(f"uploaded to {ep}/{repo_id} @ {oid}")
+                if oid != revision:
+                    out.hub_revision = oid
+                    if _is_loopback(ep):
+                        messages.append(f"warning: the local hub's revision {oid} differs from hub/'s snapshot {revision}")
+            except Exception as e:  # recorded below; the error is raised after the registry is consistent
+                upload_error = e
+    else:
+        messages.append("upload skipped (upload=False)")
+    entry = {"hf_hub_id": repo_id, "revision": revision, "sha256": sha, "num_classes": NUM_CLASSES[dataset],
+             "dataset": dataset, "claims": claims}
+    if out.hub_revision:
+        entry["hub_revision"] = out.hub_revision
+    record_published(model_id, entry, registry)
+    if upload_error is not None:
+        raise PublishError(f"{model_id} was written to {folder} and recorded in {registry}, but the upload to "
+                           f"{out.endpoint} failed: {upload_error}. Publish again to retry the upload.") from upload_error
+    return out

@@ -1,0 +1,318 @@
+"""Layer-wise Orthogonal Training convolutions (LOT; Xu, Li & Li, NeurIPS'22, arXiv 2210.11620, Sec. 3).
+
+A LOT convolution orthogonalises an unconstrained kernel ``V`` (c_out x c_in x k x k) frequency by frequency:
+on an ``nh x nw`` grid the circular convolution is block-diagonal in the 2-D DFT basis, with one
+``c_out x c_in`` matrix ``V_f`` per frequency f, and
+
+    W_f = (V_f V_f^H + eps I)^(-1/2) V_f                                                  (paper Eq. 5-6)
+
+has orthonormal rows (c_out <= c_in) or columns (c_out >= c_in) up to ``eps``. The inverse square root is
+computed as the authors do (``lot_ortho_conv.py``): ``S = V_f V_f^H + eps I``, ``nu = ||S||_F + eps``,
+``S <- S / nu``, then ``T`` coupled Newton-Schulz steps ``Y0 = S, Z0 = I; M = (3I - Z Y) / 2; Y <- Y M;
+Z <- M Z`` (Z -> S^(-1/2)), and ``W_f = Z V_f / sqrt(nu)``.
+
+Conventions that fix the realised operator (they match the authors' code):
+
+* stride 2 = ``PixelUnshuffle(2)`` first (channel ``4c + 2dy + dx``), then a stride-1 LOT on 4 c_in channels;
+* the input is zero-padded by ``p = k // 2`` on every side (grid ``n = H + 2p``), convolved *circularly* on
+  that grid, and cropped back to ``H x W``; this is ``conv2d(x, V, padding=p)`` on the torus, i.e.
+  ``V_f = exp(2 pi i s (u/nh + v/nw)) conj(DFT(V)_f)`` with ``s = -(k // 2)`` (``-(k-1)//2`` in the code);
+* ``k = 1``: ``V_f = V`` at every frequency, so the layer is the pointwise map ``W = orth(V)``, computed once
+  in real arithmetic and applied as a 1x1 convolution (no FFT, any input size).
+
+Real-input symmetry ``W_{-f} = conj(W_f)`` lets the forward use ``rfft2``/``irfft2`` (only the
+``nh x (nw//2 + 1)`` half plane is orthogonalised and applied).
+
+Lipschitz contract (``LOTConv2d.lipschitz_bound``): PROVEN, in l2, for real inputs of the stated spatial size:
+the bound is ``max_f ||W_f||_2`` over the matrices the forward actually applies (half plane; the other
+half are their conjugates), computed in float64 by ``torch.linalg.matrix_norm(ord=2)`` (+1e-12 relative
+slack for the float64 SVD). Pad and crop have norm <= 1, the (unitary) DFT preserves norms, and taking the
+real part (``irfft2``) has norm <= 1, so nothing is assumed about the Newton-Schulz convergence or ``eps``.
+Because ``W_f`` depends on the grid, the bound depends on the input size (not for ``k = 1``).
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LipschitzModule, ParametrizationCache
+
+__all__ = ["lot_orthogonalize", "fft_shift", "LOTConv2d", "LOTLinear"]
+
+# relative slack on a float64 SVD's largest singular value (LAPACK: |err| <= p(n) eps_64 sigma_max)
+_SVD_SLACK = 1e-12
+Size2 = tuple[int, int]
+
+
+def lot_orthogonalize(v: torch.Tensor, iters: int, eps: float = 1e-4) -> torch.Tensor:
+    """``(V V^H + eps I)^(-1/2) V`` for a batch of matrices ``v`` (..., c_out, c_in), by ``iters`` coupled
+    Newton-Schulz steps on ``S / (||S||_F + eps)`` (the authors' scaling, so the eigenvalues lie in (0, 1]).
+
+    Exact only in the limit ``iters -> inf``; with finite ``iters`` the singular values of the result are
+    *approximately* 1 (``sigma / sqrt(sigma^2 + eps)``, less where the iteration has not converged). Callers
+    that need a proven bound measure the result (see :meth:`LOTConv2d.lipschitz_bound`).
+    """
+    c_out = v.shape[-2]
+    eye = torch.eye(c_out, dtype=v.dtype, device=v.device)
+    s = v @ v.mH + eps * eye
+    nu = torch.linalg.matrix_norm(s, keepdim=True) + eps  # Frobenius norm, per matrix
+    s = s / nu
+    if iters <= 0:
+        z = eye.expand_as(s)
+    else:
+        # first step with Z0 = I written out (I @ Y and M @ I are exact), the last Y update is never used
+        z = 0.5 * (3.0 * eye - s)
+        y = s @ z
+        for step in range(1, iters):
+            m = 0.5 * (3.0 * eye - z @ y)
+            if step < iters - 1:
+                y = y @ m
+            z = m @ z
+    return (z @ v) / nu.sqrt()
+
+
+@lru_cache(maxsize=64)
+def _fft_shift_cached(nh: int, nw: int, s: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    u = torch.arange(nh, dtype=torch.float64).view(-1, 1) / nh
+    v = torch.arange(nw // 2 + 1, dtype=torch.float64).view(1, -1) / nw
+    angle = 2 * math.pi * s * (u + v)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype=dtype, device=device)
+
+
+def fft_shift(nh: int, nw: int, s: int, dtype: torch.dtype = torch.complex64, device: torch.device | str = "cpu") -> torch.Tensor:
+    """``exp(2 pi i s (u/nh + v/nw))`` on the rfft half plane (``nh x (nw//2 + 1)``); cached per size.
+
+    Multiplying the spectrum by it shifts the circular correlation by ``s`` pixels (``s = -(k//2)`` centres a
+    ``k x k`` kernel). The returned tensor is shared: do not modify it in place.
+    """
+    return _fft_shift_cached(int(nh), int(nw), int(s), dtype, str(torch.device(device)))
+
+
+def _as_size2(size: int | Size2) -> Size2:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def _real_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any of ``dtypes`` is float64, else float32 (never half/bfloat16)."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+class _FrequencyMatmul(torch.autograd.Function):
+    """``z[b, :, f] = W_f x[b, :, f]`` for w (F, c_out, c_in) and x (B, c_in, F), complex.
+
+    A batched matmul over frequencies whose operands are made contiguous in the frequency-major layout in
+    both passes: CPU ``bmm`` falls back to a per-matrix loop for other strides (100x slower here).
+    """
+
+    @staticmethod
+    def forward(ctx, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        xp = x.permute(2, 1, 0).contiguous()  # (F, c_in, B)
+        ctx.save_for_backward(w, xp)
+        return torch.bmm(w, xp).permute(2, 1, 0).contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        w, xp = ctx.saved_tensors
+        gp = grad.permute(2, 1, 0).contiguous()  # (F, c_out, B)
+        gw = torch.bmm(gp, xp.mH) if ctx.needs_input_grad[0] else None
+        gx = torch.bmm(w.mH, gp).permute(2, 1, 0).contiguous() if ctx.needs_input_grad[1] else None
+        return gw, gx
+
+
+class LOTConv2d(LipschitzModule):
+    """LOT convolution ``in_channels -> out_channels``, kernel ``k`` (odd), stride 1 or 2.
+
+    Parameters (authors' names and shapes): ``weight`` (out, in * stride^2, k, k) and ``bias`` (out,).
+    Square layers (``out == in * stride^2``) start at the identity (centre tap, zero bias); the others use
+    PyTorch's default ``Conv2d`` init.
+
+    Args:
+        train_iters / eval_iters: Newton-Schulz steps in training / eval mode (authors: 10 / 10).
+        eps: the ``eps`` of ``S = V V^H + eps I`` and of ``||S||_F + eps`` (authors: 1e-4).
+        ortho_dtype: ``torch.float64`` computes the per-frequency matrices in complex128 (the paper's FP64
+            setting) and casts them to the input's precision to apply them; ``None``: the precision of the
+            weights and input, at least float32. Under ``torch.autocast`` everything here runs in float32
+            (or float64); the output is float32 (float64 for float64 inputs or weights).
+        input_size: spatial size ``H`` or ``(H, W)`` of this layer's input (before the unshuffle); used by
+            :meth:`lipschitz_bound` until a forward has seen another size.
+
+    In eval mode the orthogonalised matrices are cached per grid size and precision (invalidated by any
+    parameter change, ``load_state_dict``, ``.to()`` and ``train()``).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = True,
+        train_iters: int = 10,
+        eval_iters: int = 10,
+        eps: float = 1e-4,
+        ortho_dtype: torch.dtype | None = None,
+        input_size: int | Size2 | None = None,
+    ):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"LOTConv2d needs an odd kernel size, got {kernel_size}")
+        if stride not in (1, 2):
+            raise ValueError(f"LOTConv2d supports stride 1 or 2 (unshuffle), got {stride}")
+        if ortho_dtype not in (None, torch.float32, torch.float64):
+            raise ValueError(f"ortho_dtype must be None, torch.float32 or torch.float64, got {ortho_dtype}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.train_iters, self.eval_iters, self.eps = train_iters, eval_iters, eps
+        self.ortho_dtype = ortho_dtype
+        self.input_size: Size2 | None = None if input_size is None else _as_size2(input_size)
+        c_in = in_channels * stride * stride
+        self.weight = nn.Parameter(torch.empty(out_channels, c_in, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self._cache = ParametrizationCache(self)
+        self._last_dtype: torch.dtype | None = None
+        self.reset_parameters()
+
+    @property
+    def is_square(self) -> bool:
+        return self.weight.shape[0] == self.weight.shape[1]
+
+    def reset_parameters(self) -> None:
+        if self.is_square:
+            k = self.kernel_size
+            with torch.no_grad():
+                self.weight.zero_()
+                idx = torch.arange(self.out_channels)
+                self.weight[idx, idx, k // 2, k // 2] = 1.0
+                if self.bias is not None:
+                    self.bias.zero_()
+            return
+        # nn.Conv2d's default init
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    # ----------------------------------------------------------------------------------------- realised W
+    def _grid(self, input_size: Size2) -> Size2:
+        """The padded FFT grid for an input of spatial size ``input_size`` (before the unshuffle)."""
+        h, w = input_size
+        if self.stride > 1:
+            if h % self.stride or w % self.stride:
+                raise ValueError(f"stride-{self.stride} LOT needs an input size divisible by it, got {input_size}")
+            h, w = h // self.stride, w // self.stride
+        p = self.kernel_size // 2
+        return (h + 2 * p, w + 2 * p)
+
+    def _compute_weights(self, grid: Size2 | None, apply_dtype: torch.dtype) -> torch.Tensor:
+        """Realised matrices: (c_out, c_in) real for k = 1, else (nh * (nw//2+1), c_out, c_in) complex."""
+        iters = self.train_iters if self.training else self.eval_iters
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            work = self.ortho_dtype or _real_dtype(self.weight.dtype, apply_dtype)
+            v = self.weight.to(work)
+            if self.kernel_size == 1:
+                return lot_orthogonalize(v[:, :, 0, 0], iters, self.eps).to(apply_dtype)
+            nh, nw = grid
+            vf = torch.fft.rfft2(v, s=(nh, nw)).conj()  # (c_out, c_in, nh, nw//2+1)
+            vf = vf * fft_shift(nh, nw, -(self.kernel_size // 2), vf.dtype, vf.device)
+            vf = vf.permute(2, 3, 0, 1).reshape(-1, *vf.shape[:2])
+            w = lot_orthogonalize(vf, iters, self.eps)
+            return w.to(torch.complex128 if apply_dtype == torch.float64 else torch.complex64)
+
+    def realised_weights(self, input_size: int | Size2 | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The matrices the forward applies for inputs of ``input_size`` (default: see :meth:`lipschitz_bound`)
+        and real precision ``dtype`` (default: that of the last forward, else of the weights, >= float32).
+
+        ``k = 1``: one real (c_out, c_in) matrix. ``k > 1``: (nh * (nw//2 + 1), c_out, c_in) complex, rfft
+        half plane in row-major (u, v) order. Cached in eval mode.
+        """
+        apply_dtype = _real_dtype(dtype or self._last_dtype or self.weight.dtype)
+        grid = None if self.kernel_size == 1 else self._grid(self._resolve_size(input_size))
+        return self._cache.get(lambda: self._compute_weights(grid, apply_dtype), extra=(grid, apply_dtype))
+
+    def _resolve_size(self, input_size: int | Size2 | None) -> Size2:
+        if input_size is not None:
+            return _as_size2(input_size)
+        if self.input_size is None:
+            raise ValueError(
+                "the LOT bound depends on the input size: pass input_size=, construct the layer with "
+                "input_size=, or run a forward first"
+            )
+        return self.input_size
+
+    # -------------------------------------------------------------------------------------------- forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"LOTConv2d expects (N, C, H, W), got {tuple(x.shape)}")
+        size = (x.shape[-2], x.shape[-1])
+        apply_dtype = _real_dtype(x.dtype, self.weight.dtype)
+        self.input_size, self._last_dtype = size, apply_dtype
+        w = self.realised_weights(size, apply_dtype)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = x.to(apply_dtype)
+            if self.stride > 1:
+                x = F.pixel_unshuffle(x, self.stride)
+            bias = None if self.bias is None else self.bias.to(apply_dtype)
+            if self.kernel_size == 1:
+                return F.conv2d(x, w[:, :, None, None], bias)
+            return self._circular_apply(x, w, bias)
+
+    def _circular_apply(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        b, _, h, wd = x.shape
+        p = self.kernel_size // 2
+        nh, nw = h + 2 * p, wd + 2 * p
+        # zero-padding at the end instead of both sides is a circular shift by p of the padded signal; the
+        # circular conv commutes with it, so cropping [:h, :w] here equals the authors' [p:-p, p:-p].
+        xf = torch.fft.rfft2(x, s=(nh, nw))  # (B, c_in, nh, nw//2+1)
+        zf = _FrequencyMatmul.apply(w, xf.reshape(b, xf.shape[1], -1))  # (B, c_out, F)
+        z = torch.fft.irfft2(zf.view(b, -1, nh, nw // 2 + 1), s=(nh, nw))[..., :h, :wd]
+        return z if bias is None else z + bias.view(1, -1, 1, 1)
+
+    # ------------------------------------------------------------------------------------------- the bound
+    @torch.no_grad()
+    def lipschitz_bound(self, input_size: int | Size2 | None = None) -> float:
+        """PROVEN l2 bound for inputs of spatial size ``input_size`` (before the unshuffle).
+
+        Default size: the last forward's input size, else the ``input_size`` given at construction (for
+        ``k = 1`` the size does not matter). The bound is ``max_f ||W_f||_2`` of the matrices the forward
+        applies in the current mode (train/eval iterations) and the last forward's precision, computed in
+        float64 (module docstring): measured on the realised matrices, so it holds whether or not Newton-Schulz
+        has converged (it is ~1 - eps/2 when it has).
+        """
+        w = self.realised_weights(input_size)
+        w64 = w.to(torch.complex128 if w.is_complex() else torch.float64)
+        return float(torch.linalg.matrix_norm(w64, ord=2).max()) * (1.0 + _SVD_SLACK)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"iters=({self.train_iters}, {self.eval_iters}), eps={self.eps}")
+        if self.ortho_dtype is not None:
+            s += f", ortho_dtype={self.ortho_dtype}"
+        if self.bias is None:
+            s += ", bias=False"
+        return s
+
+
+class LOTLinear(LOTConv2d):
+    """LOT 1x1 layer used as a classification head: ``(N, C) or (N, C, 1, 1) -> (N, num_classes)``.
+
+    ``W = orth(V)`` with ``V`` = ``weight[:, :, 0, 0]`` (num_classes x in_features): for ``num_classes <=
+    in_features`` its rows are orthonormal up to ``eps`` and Newton-Schulz error; the bound is ``||W||_2``
+    (computed, float64). Keys ``weight`` (num_classes, in_features, 1, 1) and ``bias`` as the authors' LOT head.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True, **kwargs):
+        super().__init__(in_features, num_classes, kernel_size=1, stride=1, bias=bias, **kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"LOTLinear expects {self.in_channels} features, got {x.shape[1]}")
+        return super().forward(x[:, :, None, None]).flatten(1)

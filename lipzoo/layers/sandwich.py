@@ -1,0 +1,423 @@
+"""Sandwich layers (LBDN; Wang & Manchester, "Direct Parameterization of Lipschitz-Bounded Deep Networks",
+ICML 2023, arXiv 2301.11526).
+
+**Parametrisation.** A free weight ``W`` of shape ``(c_out, c_in + c_out)`` (per frequency for convolutions) is
+mapped by the Cayley transform (:func:`cayley`) of ``alpha * W / ||W||_F`` to ``Q = [A B]`` with orthonormal rows,
+``A A^H + B B^H = I`` (``A``: ``c_out x c_out``, ``B``: ``c_out x c_in``).
+
+**Sandwich layer** (paper Eq. 9 / Thm 3.2): ``y = sqrt2 A^T Psi ReLU(sqrt2 Psi^-1 B x + b)`` with
+``Psi = diag(exp(psi))``. ReLU is positively homogeneous, so ``Psi ReLU(Psi^-1 z + b) = ReLU(z + Psi b)``; lipzoo
+evaluates the layer in that form, ``y = sqrt2 A^T ReLU(sqrt2 B x + exp(psi) * b)``: ``psi`` only rescales the
+bias, and the Lipschitz bound does not depend on it.
+
+**Why 1-Lipschitz, and the bound we state.** Let ``dz = sqrt2 B dx`` and ``u = ReLU(z1) - ReLU(z2)``. ReLU's
+slope restriction gives ``||u||^2 <= u^T dz = sqrt2 u^T B dx``, so ``||u|| <= sqrt2 ||B|| ||dx||``. With the realised
+orthogonality defect ``E = A A^H + B B^H - I`` (0 in exact arithmetic):
+``||dy||^2 = 2 u^T A A^H u = 2||u||^2 - 2||B^H u||^2 + 2 u^T E u <= ||dx||^2 - ||dx - sqrt2 B^H u||^2 + 2 lmax(E) ||u||^2``,
+hence ``Lip^2 <= 1 + 4 lmax(E)^+ ||B||^2 <= 1 + 4 e (1 + e)`` with ``e = lmax(E)^+`` (``B B^H <= I + E``).
+:meth:`lipschitz_bound` evaluates this in float64 from the *realised* factors (the float32 ``Q`` the forward uses),
+plus a bound on the float64 rounding of ``E``; for float32 weights it is about ``1 + 1e-5``. With ``E = 0`` this is
+the paper's Thm 3.2.
+
+**Convolutions** (:class:`SandwichConv`) are circular and computed in the Fourier domain on the input grid
+``H x W`` (rfft2 half plane ``H x (W//2+1)``): ``W_f = shift_f * conj(rfft2(weight, (H, W)))_f`` with
+``shift_f = exp(-2 pi i s (u/H + v/W))``, ``s = (k-1)//2`` (so the kernel is centred as in a "same" convolution),
+``Q_f = cayley(alpha * W_f / ||W_hat||_F)`` where the Frobenius norm runs over **all** rfft2 frequencies (the half
+plane, as in the authors' code). The operator is block-diagonal in the unitary DFT basis, so the bound above holds
+with ``max_f`` of the per-frequency quantities. At the self-conjugate columns (v = 0 and v = W/2) ``irfft2``
+uses the Hermitian part ``(Q(u) + conj Q(-u)) / 2``; the bound uses exactly these effective matrices.
+
+**Stride 2** is space-to-depth (``PixelUnshuffle(2)``) followed by a stride-1 layer with ``4 c_in`` input
+channels and kernel ``k -> max(1, k // 2)`` (so a 3x3 strided layer is 1x1 on the unshuffled grid).
+
+**Input scale.** Every layer takes ``scale`` (``sqrt(gamma)`` in the authors' networks); it multiplies the input and
+the stated bound.
+
+**Numerics.** The parametrisation is always computed in float32 (float64 for float64 weights), with autocast
+disabled; in eval mode it is cached by :class:`~lipzoo.layers.base.ParametrizationCache` (key: every parameter,
+and the input size for convolutions). ``alpha`` is a trained parameter in every layer (the authors create the
+conv ``alpha`` lazily on the first forward, after the optimizer was built, so theirs is never trained).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
+from .shapes import PixelUnshuffle
+
+__all__ = [
+    "cayley", "sandwich_bound", "fft_shift", "SandwichFc", "SandwichLin", "SandwichConv1", "SandwichConv1Lin", "SandwichConv",
+]
+
+SQRT2 = math.sqrt(2.0)
+_Size = tuple[int, int]
+
+
+def cayley(W: torch.Tensor) -> torch.Tensor:
+    """Cayley transform of a (batch of) real or complex matrices ``W`` of shape ``(..., rows, cols)``.
+
+    Tall or square ``W`` (rows >= cols): with ``U = W[:cols]``, ``V = W[cols:]`` and ``A = U - U^H + V^H V``,
+    returns ``[(I + A)^-1 (I - A); -2 V (I + A)^-1]``, which has orthonormal **columns**. ``I + A`` is always
+    invertible (its Hermitian part is ``I + V^H V >= I``). Wide ``W`` uses the plain (non-conjugating) transpose:
+    ``cayley(W^T)^T``, with orthonormal **rows** (the authors' convention, kept so that checkpoints agree).
+    """
+    rows, cols = W.shape[-2:]
+    if cols > rows:
+        return cayley(W.transpose(-2, -1)).transpose(-2, -1)
+    U, V = W[..., :cols, :], W[..., cols:, :]
+    eye = torch.eye(cols, dtype=W.dtype, device=W.device)
+    inv = torch.linalg.inv(eye + U - U.mH + V.mH @ V)
+    # (I + A)^-1 (I - A) = 2 (I + A)^-1 - I
+    return torch.cat((2.0 * inv - eye, -2.0 * V @ inv), dim=-2)
+
+
+def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+    """float64 for float64 weights, float32 otherwise (bf16/fp16 weights are promoted)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+@torch.no_grad()
+def sandwich_bound(A: torch.Tensor, B: torch.Tensor) -> float:
+    """Proven l2 Lipschitz bound of ``x -> sqrt2 A^H ReLU(sqrt2 B x + c)`` for realised ``A``, ``B``.
+
+    ``A``: ``(..., m, m)``, ``B``: ``(..., m, n)``; leading dims are a block-diagonal batch (frequencies), the
+    bound is the max over blocks. Returns ``sqrt(1 + 4 e (1 + e))`` with ``e`` an upper bound of
+    ``max(lmax(A A^H + B B^H - I), 0)`` computed in float64 (see the module docstring). Exactly orthogonal
+    factors give 1.
+    """
+    ctype = torch.complex128 if A.is_complex() or B.is_complex() else torch.float64
+    A, B = A.to(ctype), B.to(ctype)
+    m, k = A.shape[-1], A.shape[-1] + B.shape[-1]
+    E = A @ A.mH + B @ B.mH
+    E.diagonal(dim1=-2, dim2=-1).sub_(1.0)
+    lmax = float(torch.linalg.eigvalsh(E).amax())
+    enorm = float(torch.linalg.matrix_norm(E, ord="fro").amax())
+    # float64 error of forming E (k-term dot products of rows with norm <= sqrt(1 + ||E||)), summed over the
+    # m x m entries (Frobenius bound), plus the backward error of the symmetric eigensolver (~ m u ||E||).
+    u64 = torch.finfo(torch.float64).eps
+    slack = m * float_rounding_slack(k + 2, torch.float64) * (1.0 + enorm) + 4 * m * u64 * enorm
+    e = max(lmax, 0.0) + slack
+    return math.sqrt(1.0 + 4.0 * e * (1.0 + e))
+
+
+@torch.no_grad()
+def _spectral_norm_bound(M: torch.Tensor) -> float:
+    """Largest singular value of ``M`` in float64 (max over a leading batch), with a margin for SVD rounding."""
+    s = float(torch.linalg.matrix_norm(M.to(torch.complex128 if M.is_complex() else torch.float64), ord=2).amax())
+    return s * (1.0 + float_rounding_slack(4 * max(M.shape[-2:]), torch.float64))
+
+
+class _SandwichMatrix(LipschitzModule):
+    """Shared parameters of the dense Sandwich layers: ``weight`` (out, in + out), 0-dim ``alpha``, ``bias``.
+
+    :meth:`factors` returns ``(A, B)``: ``Q = cayley(alpha * W / ||W||_F) = [A B]`` with ``A`` (out, out) and
+    ``B`` (out, in), in float32 (float64 for float64 weights), never under autocast.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, scale: float = 1.0):
+        super().__init__()
+        self.in_features, self.out_features, self.scale = in_features, out_features, float(scale)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features + out_features))
+        self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.alpha = nn.Parameter(torch.empty(()))
+        self._cache = ParametrizationCache(self)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Linear's default init on the (out, in + out) weight, as the authors' layers (nn.Linear subclasses)
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.weight.shape[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            self.alpha.copy_(self.weight.norm())
+
+    def _compute_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            dt = _compute_dtype(self.weight)
+            w, alpha = self.weight.to(dt), self.alpha.to(dt)
+            Q = cayley(alpha * w / w.norm())
+            return Q[:, : self.out_features], Q[:, self.out_features :]
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` of the forward pass (cached in eval mode)."""
+        return self._cache.get(self._compute_factors)
+
+    def _scaled(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale if self.scale != 1.0 else x
+
+    def _bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        return None if self.bias is None else self.bias.to(dtype)
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+        return s + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
+
+
+def _act_dtype(x: torch.Tensor, param_dtype: torch.dtype) -> torch.dtype:
+    """Dtype in which to feed factors to F.linear/conv: autocast decides under autocast, else the input's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return param_dtype
+    return x.dtype
+
+
+class SandwichFc(_SandwichMatrix):
+    """Dense Sandwich layer ``y = sqrt2 A^T ReLU(sqrt2 B (s x) + exp(psi) * b)``, ``in -> out`` features.
+
+    Equal to the paper's ``sqrt2 A^T Psi ReLU(sqrt2 Psi^-1 B x + b)`` (authors' ``SandwichFc``). Parameters:
+    ``weight`` (out, in + out), ``alpha`` (0-dim), ``psi`` (out,), ``bias`` (out,).
+    ``lipschitz_bound()``: ``|s| * sandwich_bound(A, B)`` (1 up to the float orthogonality defect).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, scale: float = 1.0):
+        super().__init__(in_features, out_features, bias, scale)
+        self.psi = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        A, B = self.factors()
+        dt = _act_dtype(x, A.dtype)
+        z = F.linear(self._scaled(x), B.to(dt)) * SQRT2
+        if self.bias is not None:
+            z = z + torch.exp(self.psi) * self.bias
+        return F.linear(F.relu(z), A.t().to(dt)) * SQRT2
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        A, B = self.factors()
+        return abs(self.scale) * sandwich_bound(A, B)
+
+
+class SandwichLin(_SandwichMatrix):
+    """Linear Sandwich output layer: ``y = B (s x) + b``, or ``y = 2 A^T B (s x) + b`` with ``AB=True``.
+
+    ``||B|| <= 1`` and ``||2 A^T B|| <= 1`` for exact ``[A B]`` with orthonormal rows (the latter is the Sandwich
+    layer with ReLU replaced by the identity). ``lipschitz_bound()``: ``|s|`` times the float64 spectral norm of
+    the realised matrix (exact, plus SVD rounding).
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, scale: float = 1.0, AB: bool = False):
+        super().__init__(in_features, out_features, bias, scale)
+        self.AB = bool(AB)
+
+    def _compute_matrix(self) -> torch.Tensor:
+        A, B = self._compute_factors()
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            return 2.0 * A.t() @ B if self.AB else B
+
+    def matrix(self) -> torch.Tensor:
+        """The realised ``(out, in)`` matrix of the forward pass (cached in eval mode)."""
+        return self._cache.get(self._compute_matrix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        M = self.matrix()
+        dt = _act_dtype(x, M.dtype)
+        return F.linear(self._scaled(x), M.to(dt), self._bias(dt))
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        return abs(self.scale) * _spectral_norm_bound(self.matrix())
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", AB=True" if self.AB else "")
+
+
+class SandwichConv1Lin(SandwichLin):
+    """1x1 convolution with the matrix ``2 A^T B`` (authors' ``SandwichConv1Lin``): ``y = conv1x1(s x) + b``.
+
+    Parameters as :class:`SandwichLin` (the authors call the weight ``kernel``). Bound: ``|s| ||2 A^T B||``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True, scale: float = 1.0):
+        super().__init__(in_channels, out_channels, bias, scale, AB=True)
+
+    def reset_parameters(self) -> None:
+        # the authors' init of the 1x1 forms: xavier-normal weight, bias U(+-1/sqrt(in + out))
+        nn.init.xavier_normal_(self.weight)
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.weight.shape[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            self.alpha.copy_(self.weight.norm())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        M = self.matrix()
+        dt = _act_dtype(x, M.dtype)
+        return F.conv2d(self._scaled(x), M.to(dt)[:, :, None, None], self._bias(dt))
+
+
+class SandwichConv1(SandwichConv1Lin):
+    """:class:`SandwichConv1Lin` followed by ReLU (authors' ``SandwichConv1``); ReLU keeps the bound."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(super().forward(x))
+
+
+def _pair(size: int | Sequence[int]) -> _Size:
+    if isinstance(size, int):
+        return (size, size)
+    h, w = size
+    return (int(h), int(w))
+
+
+def fft_shift(size: _Size, s: int, dtype: torch.dtype = torch.complex64, device=None) -> torch.Tensor:
+    """``exp(-2 pi i s (u/H + v/W))`` on the rfft2 half plane, flattened to ``(H * (W//2+1), 1, 1)``.
+
+    Multiplying ``conj(rfft2(kernel))`` by it centres a ``k x k`` kernel (``s = (k-1)//2``) so that the spectral
+    product is the circular cross-correlation ``out(z) = sum_d K(d) x(z + d - s)`` (PyTorch's conv2d with
+    circular "same" padding).
+    """
+    H, W = size
+    u = torch.arange(H, dtype=torch.float64, device=device).view(-1, 1) / H
+    v = torch.arange(W // 2 + 1, dtype=torch.float64, device=device).view(1, -1) / W
+    angle = (-2.0 * math.pi * s) * (u + v)
+    return torch.polar(torch.ones_like(angle), angle).to(dtype).reshape(-1, 1, 1)
+
+
+class SandwichConv(LipschitzModule):
+    """Circular Sandwich convolution ``c_in -> c_out`` (authors' ``SandwichConv``), stride 1 or 2.
+
+    Per rfft2 frequency ``f`` of the (unshuffled) input grid: ``h = irfft2(sqrt2 B_f x_f) + exp(psi) * b``;
+    ``y = irfft2(sqrt2 A_f^H rfft2(ReLU(h)))`` with ``[A_f B_f] = cayley(alpha W_f / ||W_hat||_F)`` (module docstring).
+    Parameters (authors' names): ``weight`` (c_out, c_in' + c_out, k', k') with ``c_in' = 4 c_in`` and
+    ``k' = max(1, k // 2)`` for stride 2, ``bias`` (c_out,), ``psi`` (c_out,), ``alpha`` (0-dim, trained).
+
+    ``input_size`` (optional; the layer's input size, before any unshuffle) fixes the initial ``alpha``
+    (``||W_hat||_F`` on that grid, as the authors' lazy init) and is the default grid of :meth:`lipschitz_bound`.
+    Any even or odd ``H x W >= k' x k'`` input works; the parametrisation depends on the grid.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = True,
+        scale: float = 1.0,
+        input_size: int | Sequence[int] | None = None,
+    ):
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"SandwichConv supports stride 1 or 2, got {stride}")
+        self.in_channels, self.out_channels, self.stride, self.scale = in_channels, out_channels, stride, float(scale)
+        self.kernel_size = max(1, kernel_size // 2) if stride == 2 else kernel_size
+        self.unshuffle = PixelUnshuffle(2) if stride == 2 else None
+        cin = in_channels * stride * stride
+        k = self.kernel_size
+        self.input_size = None if input_size is None else _pair(input_size)
+        self.weight = nn.Parameter(torch.empty(out_channels, cin + out_channels, k, k))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.psi = nn.Parameter(torch.zeros(out_channels))
+        self.alpha = nn.Parameter(torch.empty(()))
+        self._cache = ParametrizationCache(self)
+        self._seen_sizes: set[_Size] = set()
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.Conv2d's default init on the (c_out, c_in' + c_out, k', k') weight, as the authors' layer
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1.0 / math.sqrt(self.weight[0].numel())
+            nn.init.uniform_(self.bias, -bound, bound)
+        with torch.no_grad():
+            if self.input_size is not None:
+                self.alpha.copy_(self.fft_weight_norm(self.input_size))
+            else:  # no grid yet: the value ||W_hat||_F has for a flat spectrum (exact for 1x1 kernels)
+                n = 32 // self.stride
+                self.alpha.copy_(self.weight.norm() * math.sqrt(n * (n // 2 + 1)))
+
+    def _grid(self, input_size: _Size) -> _Size:
+        H, W = input_size
+        if self.stride == 2:
+            if H % 2 or W % 2:
+                raise ValueError(f"stride-2 SandwichConv needs even input sizes, got {H}x{W}")
+            H, W = H // 2, W // 2
+        if H < self.kernel_size or W < self.kernel_size:
+            raise ValueError(f"input grid {H}x{W} is smaller than the kernel {self.kernel_size}")
+        return H, W
+
+    def _fft_weight(self, grid: _Size, dtype: torch.dtype) -> torch.Tensor:
+        """``W_f = shift_f * conj(rfft2(weight, grid))_f`` as ``(F, c_out, c_in' + c_out)``, F = H (W//2+1)."""
+        w = self.weight.to(dtype)
+        cout, chn = w.shape[:2]
+        wf = torch.fft.rfft2(w, s=grid).reshape(cout, chn, -1).permute(2, 0, 1).conj()
+        return wf * fft_shift(grid, (self.kernel_size - 1) // 2, wf.dtype, wf.device)
+
+    @torch.no_grad()
+    def fft_weight_norm(self, input_size: int | Sequence[int]) -> torch.Tensor:
+        """``||W_hat||_F`` over the rfft2 half plane of the grid of ``input_size`` (the authors' initial alpha)."""
+        return self._fft_weight(self._grid(_pair(input_size)), _compute_dtype(self.weight)).norm()
+
+    def _compute_factors(self, grid: _Size) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            wf = self._fft_weight(grid, _compute_dtype(self.weight))
+            Q = cayley(self.alpha.to(wf.real.dtype) * wf / wf.norm())
+            return Q[..., : self.out_channels], Q[..., self.out_channels :]
+
+    def factors(self, input_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frequency ``(A_f, B_f)``, shapes ``(F, c_out, c_out)`` and ``(F, c_out, c_in')``, for inputs of
+        ``input_size`` (cached in eval mode per grid)."""
+        grid = self._grid(_pair(input_size))
+        return self._cache.get(lambda: self._compute_factors(grid), extra=grid)
+
+    @staticmethod
+    def _spectral_apply(M: torch.Tensor, x: torch.Tensor, grid: _Size) -> torch.Tensor:
+        """``irfft2(M_f rfft2(x)_f)`` for real ``x`` (N, C, H, W) and ``M`` (F, C_out, C)."""
+        n, c = x.shape[:2]
+        xf = torch.fft.rfft2(x, s=grid).permute(2, 3, 0, 1).reshape(-1, n, c)  # (F, N, C)
+        yf = xf @ M.transpose(-2, -1)  # (F, N, C_out)
+        H, Wr = grid[0], grid[1] // 2 + 1
+        return torch.fft.irfft2(yf.reshape(H, Wr, n, -1).permute(2, 3, 0, 1), s=grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._seen_sizes.add((x.shape[-2], x.shape[-1]))
+        A, B = self.factors(x.shape[-2:])
+        x = x * self.scale if self.scale != 1.0 else x
+        if self.unshuffle is not None:
+            x = self.unshuffle(x)
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.to(A.real.dtype)
+        h = self._spectral_apply(B * SQRT2, x, grid)
+        if self.bias is not None:
+            h = h + (torch.exp(self.psi) * self.bias).to(h.dtype).view(1, -1, 1, 1)
+        return self._spectral_apply(A.mH * SQRT2, F.relu(h), grid)
+
+    @torch.no_grad()
+    def effective_factors(self, input_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-frequency factors the realised map applies: ``(Q(u, v) + conj Q(-u, v)) / 2`` on the
+        self-conjugate columns (irfft2 keeps only that Hermitian part), ``Q`` elsewhere."""
+        grid = self._grid(_pair(input_size))
+        A, B = self.factors(input_size)
+        Q = torch.cat((A, B), dim=-1)
+        H, Wr = grid[0], grid[1] // 2 + 1
+        Q = Q.reshape(H, Wr, *Q.shape[-2:]).clone()
+        neg = (-torch.arange(H, device=Q.device)) % H
+        cols = [0] + ([grid[1] // 2] if grid[1] % 2 == 0 else [])
+        for v in cols:
+            Q[:, v] = 0.5 * (Q[:, v] + Q[neg, v].conj())
+        Q = Q.reshape(H * Wr, *Q.shape[-2:])
+        return Q[..., : self.out_channels], Q[..., self.out_channels :]
+
+    @torch.no_grad()
+    def lipschitz_bound(self, input_size: int | Sequence[int] | None = None) -> float:
+        """Proven bound for inputs of ``input_size`` (default: the constructor's ``input_size`` and every size
+        this layer has run on; the max over them): ``|s| max_f sandwich_bound(A_f, B_f)``."""
+        if input_size is not None:
+            sizes = {_pair(input_size)}
+        else:
+            sizes = set(self._seen_sizes) | ({self.input_size} if self.input_size is not None else set())
+        if not sizes:
+            raise ValueError("SandwichConv.lipschitz_bound needs input_size= (the layer has no known input size)")
+        return abs(self.scale) * max(sandwich_bound(*self.effective_factors(s)) for s in sorted(sizes))
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+             f"bias={self.bias is not None}")
+        if self.scale != 1.0:
+            s += f", scale={self.scale:g}"
+        return s + (f", input_size={self.input_size}" if self.input_size is not None else "")

@@ -1,0 +1,293 @@
+"""Skew Orthogonal Convolution (SOC; Singla & Feizi, ICML'21, and the "improved techniques" version of
+Singla, Singla & Feizi, NeurIPS'22, arXiv 2211.08453).
+
+Math (both versions). With ``P`` the trainable kernel of shape (C, C, k, k), ``C = max(c_in s^2, c_out)``:
+
+* skew kernel ``L = (P - T(P)) / 2``, ``T`` = swap the channel axes and flip both spatial axes. With zero
+  "same" padding (odd k), ``conv(., T(P))`` is the exact adjoint of ``conv(., P)``, so ``S = conv(., L)`` is a
+  skew-symmetric operator on every input size and ``exp(S)`` is orthogonal;
+* scaling ``L_n = c L / sigma`` with ``sigma = min_i <u_i, M_i(L) v_i>`` (the four "Fantastic Four" reshapes
+  of L, with persistent power-iteration vectors ``u_i, v_i``) and ``c`` = ``correction`` (0.7 in the ICML'21
+  code, 1 in the improved code, always 1 for k = 1). The scaling only controls the Taylor error;
+* ``y = trunc_{c_out}( sum_{j=0..K} S^j pad_C(unshuffle_s(x)) / j! ) + b``: stride 2 is a 2x2 pixel-unshuffle
+  (``nn.PixelUnshuffle`` channel order), zero channels are appended at the end when ``c_out > c_in s^2`` and
+  the first ``c_out`` channels are kept when ``c_out < c_in s^2``.
+
+Versions (``version=``): ``"icml21"`` (singlasahil14/SOC: K = 5 powers in training, 12 in eval, running sum;
+power iteration 50 times on the first training step and every 200 steps, else once) and ``"improved"``
+(singlasahil14/improved_l2_robustness: "6 / 15 terms" counting the identity = K = 5 / 14 powers, Horner form;
+one power iteration per training forward, 50 on :meth:`SOCConv2d.update_sigma`). Eval never iterates: it uses
+the *stored* vectors, as a checkpoint defines them.
+
+Proven bound (:meth:`SOCConv2d.lipschitz_bound`, for the eval-mode map). Because ``L_n`` is exactly skew
+(``fl(a - b) = -fl(b - a)``), ``exp(S)`` is orthogonal and the Taylor remainder in integral form gives
+``||sum_{j<=K} S^j/j!|| <= 1 + s^{K+1} / (K+1)!`` for any ``s >= ||S||_2``. ``s`` is the Fantastic-Four bound
+(Singla & Feizi 2021, Thm 1, valid for zero padding as a compression of a circular convolution)
+``sqrt(k k) min_i ||M_i(L_n)||_2``, each norm computed exactly (SVD, float64) from the kernel the forward uses.
+Unshuffle is a permutation, channel padding an isometry and truncation a projection (bound 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LipschitzModule, ParametrizationCache
+from .shapes import ChannelPad, FirstChannels, PixelUnshuffle
+
+__all__ = ["SOCConv2d", "SOCHead", "skew_kernel", "transpose_kernel", "conv_exp", "fantastic_four_norm_bound"]
+
+Version = Literal["icml21", "improved"]
+
+# Per-version defaults (see the module docstring): Taylor orders are the highest power K.
+_VERSIONS: dict[str, dict] = {
+    "icml21": dict(train_order=5, eval_order=12, correction=0.7, update_freq=200, horner=False),
+    "improved": dict(train_order=5, eval_order=14, correction=1.0, update_freq=None, horner=True),
+}
+
+# Fantastic Four reshapes of a (C_out, C_in, kh, kw) kernel as (axes summed to get v_i, axes summed to get u_i):
+# <u_i, M_i v_i> = sum(L * u_i * v_i). M1 = [(o,a),(i,b)], M2 = [(o,b),(i,a)], M3 = [o,(i,a,b)], M4 = [i,(o,a,b)].
+_FF_AXES = (((1, 3), (0, 2)), ((1, 2), (0, 3)), ((1, 2, 3), (0,)), ((0, 2, 3), (1,)))
+_FF_PERMUTE = ((0, 2, 1, 3), (0, 3, 1, 2), (0, 1, 2, 3), (1, 0, 2, 3))
+_FF_ROWS_DIMS = (2, 2, 1, 1)  # how many leading (permuted) axes index the rows of M_i
+
+
+def transpose_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """``T(P)``: swap the channel axes and flip both spatial axes (the kernel of the adjoint convolution)."""
+    return kernel.transpose(0, 1).flip(2, 3)
+
+
+def skew_kernel(kernel: torch.Tensor) -> torch.Tensor:
+    """``L = (P - T(P)) / 2``: ``conv(., L)`` with zero "same" padding is exactly skew-symmetric."""
+    return 0.5 * (kernel - transpose_kernel(kernel))
+
+
+def conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = False) -> torch.Tensor:
+    """``sum_{j=0..order} S^j x / j!`` with ``S = conv2d(., kernel)``, zero "same" padding ``k // 2``.
+
+    ``horner=False``: running sum ``t <- S t / j`` (ICML'21 code); ``horner=True``:
+    ``z <- x + S z / j`` for ``j = order..1`` (improved code). Equal in exact arithmetic.
+    """
+    pad = kernel.shape[-1] // 2
+    if horner:
+        z = x
+        for j in range(order, 0, -1):
+            z = x + F.conv2d(z, kernel, padding=pad) / j
+        return z
+    z = term = x
+    for j in range(1, order + 1):
+        term = F.conv2d(term, kernel, padding=pad) / j
+        z = z + term
+    return z
+
+
+def fantastic_four_norm_bound(kernel: torch.Tensor) -> float:
+    """Proven upper bound of the l2 operator norm of ``conv2d(., kernel)`` with zero padding, any input size.
+
+    ``sqrt(kh kw) * min_i ||M_i||_2`` over the four reshapes (Singla & Feizi, "Fantastic Four", Thm 1); every
+    ``||M_i||_2`` is computed exactly (singular values, float64), with a 1e-10 relative slack for the SVD.
+    """
+    w = kernel.detach().double()
+    if not bool(torch.isfinite(w).all()):
+        return math.inf
+    kh, kw = w.shape[-2:]
+    norms = []
+    for perm, rows in zip(_FF_PERMUTE, _FF_ROWS_DIMS):
+        p = w.permute(*perm)
+        m = p.reshape(math.prod(p.shape[:rows]), -1)
+        norms.append(float(torch.linalg.matrix_norm(m, ord=2)))
+    return math.sqrt(kh * kw) * min(norms) * (1.0 + 1e-10)
+
+
+def _normalize(t: torch.Tensor, float32_norm: bool) -> torch.Tensor:
+    """``t / max(||t||, 1e-12)``; ``float32_norm`` computes the norm in float32 as the ICML'21 code does."""
+    if float32_norm:
+        n = float(torch.sqrt(torch.sum(t.float() * t.float())))
+        return t / max(n, 1e-12)
+    return F.normalize(t.flatten(), dim=0).view_as(t)
+
+
+class SOCConv2d(LipschitzModule):
+    """SOC convolution ``c_in -> c_out`` (kernel k odd, stride 1 or 2); see the module docstring for the math.
+
+    State (lipzoo names): ``weight`` P (C, C, k, k), ``bias`` (c_out,), buffers ``u1..u4``, ``v1..v4``
+    (the Fantastic-Four power-iteration vectors) and ``correction`` (1,).
+
+    Args:
+        version: ``"icml21"`` or ``"improved"``; sets the defaults below.
+        train_order / eval_order: highest Taylor power K in train / eval mode (icml21: 5 / 12, improved: 5 / 14).
+        correction: scale of the normalised kernel (icml21 0.7, improved 1.0; forced to 1.0 for k = 1).
+        init_iters: power iterations at construction and in :meth:`update_sigma` (50).
+        update_iters: power iterations per training forward (1).
+        update_freq: icml21 only: every ``update_freq``-th training forward (from the first, counted by a
+            Python counter that restarts at 0 after construction) runs ``init_iters`` instead (200).
+        float32_norm: normalise power-iteration vectors with a float32 norm (the ICML'21 code's numerics).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        bias: bool = True,
+        version: Version = "icml21",
+        train_order: int | None = None,
+        eval_order: int | None = None,
+        correction: float | None = None,
+        init_iters: int = 50,
+        update_iters: int = 1,
+        update_freq: int | None = -1,
+        float32_norm: bool = False,
+    ):
+        super().__init__()
+        if version not in _VERSIONS:
+            raise ValueError(f"version must be one of {sorted(_VERSIONS)}, got {version!r}")
+        if kernel_size % 2 != 1:
+            raise ValueError("SOC needs an odd kernel size (zero 'same' padding keeps the operator skew)")
+        if stride < 1:
+            raise ValueError(f"stride must be >= 1, got {stride}")
+        d = _VERSIONS[version]
+        self.version = version
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = kernel_size, stride
+        self.channels = max(in_channels * stride * stride, out_channels)
+        self.train_order = d["train_order"] if train_order is None else int(train_order)
+        self.eval_order = d["eval_order"] if eval_order is None else int(eval_order)
+        self.horner = d["horner"]
+        self.init_iters, self.update_iters = init_iters, update_iters
+        self.update_freq = d["update_freq"] if update_freq == -1 else update_freq
+        self.float32_norm = float32_norm
+        self._train_steps = 0  # Python counter, not saved (as in the ICML'21 code)
+
+        self.unshuffle = PixelUnshuffle(stride) if stride > 1 else nn.Identity()
+        c_mid = in_channels * stride * stride
+        self.pad = ChannelPad(self.channels) if out_channels > c_mid else nn.Identity()
+        self.trunc = FirstChannels(out_channels) if out_channels < c_mid else nn.Identity()
+
+        C, k = self.channels, kernel_size
+        self.weight = nn.Parameter(torch.empty(C, C, k, k))
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        corr = 1.0 if kernel_size == 1 else (d["correction"] if correction is None else float(correction))
+        self.register_buffer("correction", torch.tensor([corr]))
+        for i, (v_axes, u_axes) in enumerate(_FF_AXES, start=1):
+            self.register_buffer(f"u{i}", torch.zeros(*(1 if a in u_axes else n for a, n in enumerate((C, C, k, k)))))
+            self.register_buffer(f"v{i}", torch.zeros(*(1 if a in v_axes else n for a, n in enumerate((C, C, k, k)))))
+        self._cache = ParametrizationCache(self)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """P ~ N(0, 1/C); bias ~ U(+-1/sqrt(c_out)) (icml21) or U(+-1/sqrt(C)) (improved); then re-estimate
+        the power-iteration vectors on the new kernel (``init_iters`` iterations from random unit vectors)."""
+        nn.init.normal_(self.weight, std=1.0 / math.sqrt(self.channels))
+        if self.bias is not None:
+            fan = self.out_channels if self.version == "icml21" else self.channels
+            nn.init.uniform_(self.bias, -1.0 / math.sqrt(fan), 1.0 / math.sqrt(fan))
+        with torch.no_grad():
+            for u, v in self._vectors():
+                u.copy_(_normalize(torch.randn_like(u), False))
+                v.copy_(_normalize(torch.randn_like(v), False))
+        self.update_sigma()
+
+    def _vectors(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(getattr(self, f"u{i}"), getattr(self, f"v{i}")) for i in range(1, 5)]
+
+    def _param_for_math(self) -> torch.Tensor:
+        w = self.weight
+        return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+
+    @torch.no_grad()
+    def power_iteration(self, iters: int) -> None:
+        """``iters`` sweeps of the alternating power method on the four reshapes of L (in place on u/v)."""
+        if iters <= 0:
+            return
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            L = skew_kernel(self._param_for_math())
+            for _ in range(iters):
+                for (u, v), (v_axes, u_axes) in zip(self._vectors(), _FF_AXES):
+                    v.copy_(_normalize((L * u.to(L.dtype)).sum(v_axes, keepdim=True), self.float32_norm))
+                    u.copy_(_normalize((L * v.to(L.dtype)).sum(u_axes, keepdim=True), self.float32_norm))
+
+    def update_sigma(self, iters: int | None = None) -> None:
+        """Refresh the power-iteration vectors (``init_iters`` sweeps by default), in any mode."""
+        self.power_iteration(self.init_iters if iters is None else iters)
+
+    def _train_step_iterations(self) -> int:
+        if self.update_freq is not None and self._train_steps % self.update_freq == 0:
+            n = self.init_iters
+        else:
+            n = self.update_iters
+        self._train_steps += 1
+        return n
+
+    def normalized_kernel(self) -> torch.Tensor:
+        """``L_n = correction * L / sigma`` from the stored vectors, float32 (float64 for float64 weights)."""
+        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+            L = skew_kernel(self._param_for_math())
+            sigma = None
+            for u, v in self._vectors():
+                s = torch.sum(L * u.to(L.dtype) * v.to(L.dtype))
+                sigma = s if sigma is None else torch.minimum(sigma, s)
+            return (self.correction.to(L.dtype) * L) / sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.power_iteration(self._train_step_iterations())
+            order = self.train_order
+        else:
+            order = self.eval_order
+        kernel = self._cache.get(self.normalized_kernel)
+        z = self.pad(self.unshuffle(x))
+        if z.shape[1] != self.channels:
+            raise ValueError(f"SOCConv2d expected {self.in_channels} input channels, got {x.shape[1]}")
+        if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            z = z.contiguous(memory_format=torch.channels_last)  # keep channels_last through unshuffle / pad
+        z = self.trunc(conv_exp(z, kernel, order, horner=self.horner))
+        if self.bias is not None:
+            z = z + self.bias.view(1, -1, 1, 1)
+        return z
+
+    @torch.no_grad()
+    def skew_norm_bound(self) -> float:
+        """Proven upper bound of ``||S||_2`` for the kernel the eval forward uses (any input size)."""
+        return fantastic_four_norm_bound(self.normalized_kernel())
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        """Proven l2 bound of the eval-mode map: ``1 + s^{K+1} / (K+1)!`` with ``s`` = :meth:`skew_norm_bound`
+        and ``K = eval_order`` (train mode uses fresh vectors and ``train_order``; it is not certified)."""
+        s = self.skew_norm_bound()
+        if not math.isfinite(s):
+            return math.inf
+        k1 = self.eval_order + 1
+        try:
+            rem = math.exp(k1 * math.log(s) - math.lgamma(k1 + 1)) if s > 0 else 0.0
+        except OverflowError:
+            return math.inf
+        return 1.0 + rem
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"version={self.version!r}, train_order={self.train_order}, eval_order={self.eval_order}, "
+            f"bias={self.bias is not None}"
+        )
+
+
+class SOCHead(LipschitzModule):
+    """The SOC logits layer: a 1x1 :class:`SOCConv2d` on the flattened features (as a 1x1 image), first
+    ``num_classes`` outputs, flattened to (N, num_classes). Bound: that of the SOC layer."""
+
+    def __init__(self, in_features: int, num_classes: int, version: Version = "icml21", **soc_kwargs):
+        super().__init__()
+        self.in_features, self.num_classes = in_features, num_classes
+        self.conv = SOCConv2d(in_features, num_classes, kernel_size=1, stride=1, version=version, **soc_kwargs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.flatten(1)[:, :, None, None]).flatten(1)
+
+    def lipschitz_bound(self) -> float:
+        return self.conv.lipschitz_bound()

@@ -1,0 +1,232 @@
+"""LOT networks (Xu, Li & Li, "LOT: Layer-wise Orthogonal Training on Improving l2 Certified Robustness",
+NeurIPS 2022, arXiv 2210.11620).
+
+The LOT repo (AI-secure/Layerwise-Orthogonal-Training) trains the SOC repo's ``LipConvNet`` with LOT layers,
+plain or with ``--residual`` (its ``LipResNet``). Structure (``LipConvNet-n``, ``b = n / 5`` blocks per stage):
+``[0,1] image -> (x - mean) / 0.2507 -> 5 stages -> head``. A block is ``LOT conv -> activation``
+(MaxMin pairing channel i with i + C/2, or HH1). In stage i the first b - 1 blocks are 3x3 stride 1 and the
+last is stride 2 (PixelUnshuffle, then 4C -> 2C), 3x3 in stages 1-4 and 1x1 in stage 5:
+``3 -> c (32x32) -> 2c@16 -> 4c@8 -> 8c@4 -> 16c@2 -> 32c@1``; head ``LOT 1x1 (32c -> classes)``
+(head rule "lipschitz") or ``LLN`` (rows normalised, plain division; head rule "lln").
+The residual variant replaces each stage's middle blocks by ``x <- x/2 + block(x)/2`` (a convex combination,
+so its bound is ``1/2 + L_block/2``).
+
+``lipschitz_bound()`` is proven: ``1/0.2507`` (normalisation) times the product of the measured per-layer
+bounds of the LOT layers (exact spectral norms of the realised per-frequency matrices, for the 32x32 input
+the layers were built for, or the size of the last forward).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..layers.activations import MaxMin
+from ..layers.base import LipschitzModule, lipschitz_bound_of
+from ..layers.heads import LLN
+from ..layers.lot import LOTConv2d, LOTLinear
+from ..layers.normalize import CIFAR10_MEAN, SOC_STD, InputNormalize
+from ._base import LipschitzClassifier
+from ._builder import ArchInfo, build, default_cfgs_for, register
+
+__all__ = ["LOTBlock", "LOTResidualStage", "LOTLipConvNet"]
+
+PAPER = "Xu, Li & Li, LOT: Layer-wise Orthogonal Training on Improving l2 Certified Robustness, NeurIPS 2022"
+_NUM_STAGES = 5
+
+
+def make_activation(name: str, channels: int) -> nn.Module:
+    """``'maxmin'`` (pairing channel i with i + C/2, as the LOT/SOC repos) or ``'hh1'`` (Householder order 1)."""
+    if name == "maxmin":
+        return MaxMin(pairing="halves")
+    if name == "hh1":
+        from ..layers import activations  # HH1 lives with the other GNP activations
+
+        hh1 = getattr(activations, "HH1", None)
+        if hh1 is None:
+            raise NotImplementedError("activation 'hh1' needs lipzoo.layers.activations.HH1, which is not available")
+        return hh1(channels)
+    raise ValueError(f"activation must be 'maxmin' or 'hh1', got {name!r}")
+
+
+class LOTBlock(LipschitzModule):
+    """``activation(LOT conv(x))`` (the repos' ``LipBlock``); ``in_channels -> planes * stride`` channels."""
+
+    def __init__(self, in_channels: int, planes: int, stride: int, kernel_size: int, activation: str,
+                 input_size: int, **lot_kwargs):
+        super().__init__()
+        self.conv = LOTConv2d(in_channels, planes * stride, kernel_size, stride, input_size=input_size, **lot_kwargs)
+        self.act = make_activation(activation, planes * stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv(x))
+
+    def lipschitz_bound(self) -> float:
+        return self.conv.lipschitz_bound() * lipschitz_bound_of(self.act)
+
+
+class LOTResidualStage(LipschitzModule):
+    """The LOT repo's ``ResLayer``: ``blocks[-1](h_m(... h_1(blocks[0](x))))`` with the middle blocks mixed
+    as ``h_j(x) = lam x + (1 - lam) blocks[j](x)``, ``lam = sigmoid(mix_logit)`` (fixed, 0 -> 1/2).
+
+    Bound: ``L_0 * prod_j (lam + (1 - lam) L_j) * L_last`` (a convex combination of 1 and L_j).
+    """
+
+    def __init__(self, blocks: Sequence[nn.Module], mix_logit: float = 0.0):
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+        self.register_buffer("mix_logit", torch.tensor([float(mix_logit)]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(self.blocks)
+        x = self.blocks[0](x)
+        if n == 1:
+            return x
+        lam = torch.sigmoid(self.mix_logit.float()).to(x.dtype)
+        for block in self.blocks[1:-1]:
+            x = lam * x + (1 - lam) * block(x)
+        return self.blocks[-1](x)
+
+    def lipschitz_bound(self) -> float:
+        bounds = [lipschitz_bound_of(b) for b in self.blocks]
+        if len(bounds) == 1:
+            return bounds[0]
+        lam = float(torch.sigmoid(self.mix_logit.double()))
+        out = bounds[0] * bounds[-1]
+        for b in bounds[1:-1]:
+            out *= lam + (1 - lam) * b
+        return out
+
+
+class LOTLipConvNet(LipschitzClassifier):
+    """LipConvNet / LipResNet with LOT layers (see the module docstring).
+
+    Args:
+        block_size: blocks per stage (``LipConvNet-5b``), or one count per stage (5 values).
+        init_channels: c (the repos use 32).
+        activation: ``'maxmin'`` or ``'hh1'``.
+        lln: LLN head (rule "lln") instead of the LOT 1x1 head (rule "lipschitz").
+        residual: the LOT repo's ``--residual`` LipResNet.
+        train_iters, eval_iters, eps, ortho_dtype: passed to every LOT layer (:class:`LOTConv2d`).
+        input_size: image side the layers are built (and their bounds stated) for; must be divisible by 32.
+        mean, std: input normalisation inside the model (LOT/SOC repos: CIFAR-10 mean, std 0.2507, for
+            CIFAR-10 and CIFAR-100 alike).
+    """
+
+    family = "lot"
+
+    def __init__(
+        self,
+        block_size: int | Sequence[int] = 1,
+        init_channels: int = 32,
+        num_classes: int = 10,
+        activation: str = "maxmin",
+        lln: bool = False,
+        residual: bool = False,
+        train_iters: int = 10,
+        eval_iters: int = 10,
+        eps: float = 1e-4,
+        ortho_dtype: torch.dtype | None = None,
+        input_size: int = 32,
+        mean: Sequence[float] = CIFAR10_MEAN,
+        std: Sequence[float] = SOC_STD,
+        **kwargs,
+    ):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"unexpected arguments for LOTLipConvNet: {sorted(kwargs)}")
+        sizes = [block_size] * _NUM_STAGES if isinstance(block_size, int) else list(block_size)
+        if len(sizes) != _NUM_STAGES or min(sizes) < 1:
+            raise ValueError(f"block_size must be >= 1 or {_NUM_STAGES} values >= 1, got {block_size}")
+        if input_size % 32:
+            raise ValueError(f"LOTLipConvNet needs an input side divisible by 32, got {input_size}")
+        self.num_classes, self.residual, self.activation = num_classes, residual, activation
+        self._lot_kwargs = dict(train_iters=train_iters, eval_iters=eval_iters, eps=eps, ortho_dtype=ortho_dtype)
+        self.head_rule = "lln" if lln else "lipschitz"
+        self.normalize = InputNormalize(mean, std)
+
+        in_ch, side, stages = 3, input_size, []
+        for i, nb in enumerate(sizes):
+            planes = init_channels if i == 0 else in_ch
+            last_k = 1 if i == _NUM_STAGES - 1 else 3
+            specs = [(1, 3)] * (nb - 1) + [(2, last_k)]  # (stride, kernel) per block
+            blocks, c = [], in_ch
+            for stride, k in specs:
+                blocks.append(LOTBlock(c, planes, stride, k, activation, side, **self._lot_kwargs))
+                c, side = planes * stride, side // stride
+            stages.append(LOTResidualStage(blocks) if residual else nn.Sequential(*blocks))
+            in_ch = c
+        self.features = nn.Sequential(*stages)
+        self.num_features = in_ch * side * side
+        self.head = self._make_head(num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if self.head_rule == "lln":
+            return LLN(self.num_features, num_classes, bias=True, eps=0.0)
+        return LOTLinear(self.num_features, num_classes, **self._lot_kwargs)
+
+
+# name -> blocks per stage; LipConvNet-n has n / 5 blocks per stage
+_DEPTHS = {n: n // 5 for n in range(5, 45, 5)}
+# Compact CPU variant: LipConvNet structure at init_channels 8 with two blocks in the three cheap
+# high-resolution stages. The Newton-Schulz cost grows as c_out^3 per frequency, so width is what costs.
+_XS = dict(init_channels=8, block_size=(2, 2, 2, 1, 1))
+# Parameters counted here with sum(p.numel()) (CIFAR-10, LOT head).
+_PAPER_PARAMS_NOTE_25 = (
+    "1LLC (arXiv 2311.16833) Table 4 quotes 27M for 'LOT LipNet-25'; the LOT repo's code gives 20.94M for "
+    "LipConvNet-25 (init_channels 32, CIFAR-10, LOT head), and 27.23M is its LipConvNet-35 count; the quoted "
+    "number follows a different counting rule or depth. lipzoo reports sum(p.numel())."
+)
+
+_CFG_KW = dict(mean=CIFAR10_MEAN, std=SOC_STD)
+default_cfgs = default_cfgs_for(
+    [f"lot_lipconvnet{n}" for n in _DEPTHS] + [f"lot_lipresnet{n}" for n in _DEPTHS] + ["lot_xs"], **_CFG_KW
+)
+
+
+def _lot(variant: str, pretrained: bool, **kwargs) -> LOTLipConvNet:
+    if variant == "lot_xs":
+        args: dict = dict(_XS)
+    else:
+        depth = int(variant.rsplit("net", 1)[1])
+        args = dict(block_size=_DEPTHS[depth], init_channels=32, residual=variant.startswith("lot_lipresnet"))
+    args.update(kwargs)
+    return build(LOTLipConvNet, variant, pretrained, **args)
+
+
+def _info(name: str) -> ArchInfo:
+    if name == "lot_xs":
+        return ArchInfo(name, "lot", PAPER, "compact LOT LipConvNet for 2-core CPU training: init_channels 8, "
+                        "blocks per stage (2, 2, 2, 1, 1), MaxMin, LOT head", compact=True)
+    depth = int(name.rsplit("net", 1)[1])
+    residual = name.startswith("lot_lipresnet")
+    kind = "LipResNet (x <- x/2 + block(x)/2 inside stages, the repo's --residual)" if residual else "LipConvNet"
+    desc = (f"LOT {kind}-{depth}: 5 stages of {depth // 5} LOT blocks, init_channels 32, MaxMin (or HH1), "
+            "LOT 1x1 head (or LLN with lln=True)")
+    if residual and depth <= 10:
+        desc += "; identical to lot_lipconvnet%d (no middle blocks at this depth)" % depth
+    if name == "lot_lipconvnet25":
+        return ArchInfo(name, "lot", PAPER, desc, paper_params=27.0, paper_params_note=_PAPER_PARAMS_NOTE_25)
+    note = "no parameter count published for this variant"
+    if residual and depth == 25:
+        note = "see lot_lipconvnet25: " + _PAPER_PARAMS_NOTE_25
+    return ArchInfo(name, "lot", PAPER, desc, paper_params_note=note)
+
+
+def _entry(name: str):
+    def fn(pretrained: bool = False, **kwargs) -> LOTLipConvNet:
+        return _lot(name, pretrained, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = name
+    depth = name.rsplit("net", 1)[-1]
+    fn.__doc__ = (f"LOT {'LipResNet' if 'resnet' in name else 'LipConvNet'}-{depth} (init_channels 32)."
+                  if name != "lot_xs" else "Compact LOT LipConvNet for CPU training (<= 3M parameters).")
+    fn.__module__ = __name__
+    return register(_info(name))(fn)
+
+
+for _n in _DEPTHS:
+    globals()[f"lot_lipconvnet{_n}"] = _entry(f"lot_lipconvnet{_n}")
+    globals()[f"lot_lipresnet{_n}"] = _entry(f"lot_lipresnet{_n}")
+lot_xs = _entry("lot_xs")

@@ -1,0 +1,200 @@
+"""Sandwich networks (LBDN; Wang & Manchester, "Direct Parameterization of Lipschitz-Bounded Deep Networks",
+ICML 2023, arXiv 2301.11526; authors' code ``acfr/LBDN:model.py``).
+
+One structure, :class:`SandwichNet`: ``[0,1] image -> normalise -> for each stage width c: SandwichConv(., c, 3)
+-> SandwichConv(c, c, 3, stride 2) -> flatten (C, H, W order) -> SandwichFc ... -> head``. The network's Lipschitz
+bound is ``gamma`` (the scale ``sqrt(gamma)`` sits on the first conv and on the last Lipschitz layer: the
+``SandwichLin`` head, or the last ``SandwichFc`` before an LLN head) times ``1/min(std)`` of the normaliser.
+
+* ``sandwich_s|m|l`` — the authors' ``KWL`` at width 1/2/4 (paper Table 2, *empirical* AutoAttack results):
+  convs 32w, 32w/s2, 64w, 64w/s2; SandwichFc 512w, 512w; ``SandwichLin`` head (head rule ``lipschitz``),
+  gamma = 2 (the paper's CIFAR-100 setting). These models **divide by the std** (the authors' ``--normalized``
+  runs): CIFAR-10 std (0.2470, 0.2435, 0.2616), CIFAR-100 std (0.2675, 0.2565, 0.2761) -> Lipschitz factor
+  1/min(std) ~ 4.1 (C10) / 3.9 (C100), so their bound is ~ 8.2 / 7.8 with gamma = 2.
+* ``sandwich_dnn`` — the authors' certified ``DNN`` (paper Tables 3, 6): convs 64, 64/s2, 128, 128/s2, 256, 256/s2;
+  SandwichFc 2048, 2048, 1024; LLN head (head rule ``lln``); mean-only normalisation, gamma = 1, so L = 1.
+* ``sandwich_xs`` — the DNN structure scaled down for 2-core CPU training (<= 3M parameters), LLN head,
+  mean-only normalisation (L = 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from torch import nn
+
+from ..layers.heads import LLN
+from ..layers.normalize import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, InputNormalize
+from ..layers.sandwich import SandwichConv, SandwichFc, SandwichLin
+from ._base import LipschitzClassifier
+from ._builder import ArchInfo, build, default_cfgs_for, register
+
+__all__ = ["SandwichNet", "sandwich_mlp", "LBDN_CIFAR100_STD"]
+
+PAPER = "Wang & Manchester, Direct Parameterization of Lipschitz-Bounded Deep Networks, ICML 2023"
+# the authors' CIFAR-100 std (dataset.py), slightly different from lipzoo.layers.normalize.CIFAR100_STD
+LBDN_CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+
+
+class SandwichNet(LipschitzClassifier):
+    """Sandwich CNN: conv stages (stride 1 then stride 2 per width), SandwichFc layers, then a head.
+
+    Args:
+        conv_channels: one width per stage; each stage is ``SandwichConv(prev, c, 3)``, ``SandwichConv(c, c, 3,
+            stride=2)``, halving the resolution.
+        fc_features: widths of the SandwichFc layers after flattening.
+        head: ``"lin"`` (``SandwichLin``, 1-Lipschitz, head rule ``lipschitz``) or ``"lln"`` (row-normalised
+            linear, head rule ``lln``).
+        gamma: the network's Lipschitz bound before normalisation; ``sqrt(gamma)`` scales the first conv and the
+            last Lipschitz layer (the ``lin`` head, or the last SandwichFc for ``lln``).
+        normalized: divide by ``std`` too (the authors' empirical models); default: mean-only (L = 1).
+        mean, std: override the CIFAR-10/100 statistics picked from ``num_classes``.
+        input_size: square input side (32 for CIFAR).
+
+    Layer indices in ``features`` (and the head, last) follow the authors' ``model.<i>``, so their state
+    dicts map one to one (``lipzoo.convert``).
+    """
+
+    family = "sandwich"
+
+    def __init__(
+        self,
+        conv_channels: Sequence[int] = (64, 128, 256),
+        fc_features: Sequence[int] = (2048, 2048, 1024),
+        head: str = "lln",
+        gamma: float = 1.0,
+        num_classes: int = 10,
+        normalized: bool = False,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        input_size: int = 32,
+        in_chans: int = 3,
+        **kwargs,
+    ):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"unexpected arguments for SandwichNet: {sorted(kwargs)}")
+        if head not in ("lin", "lln"):
+            raise ValueError(f"head must be 'lin' or 'lln', got {head!r}")
+        side = input_size // 2 ** len(conv_channels)
+        if side < 1 or side * 2 ** len(conv_channels) != input_size:
+            raise ValueError(f"input_size {input_size} is not divisible by 2^{len(conv_channels)}")
+        if not fc_features:
+            raise ValueError("SandwichNet needs at least one SandwichFc layer")
+        self.num_classes, self.gamma, self.head_kind = num_classes, float(gamma), head
+        self.head_rule = "lln" if head == "lln" else "lipschitz"
+        c100 = num_classes == 100
+        if mean is None:
+            mean = CIFAR100_MEAN if c100 else CIFAR10_MEAN
+        if std is None:
+            std = (LBDN_CIFAR100_STD if c100 else CIFAR10_STD) if normalized else (1.0,) * in_chans
+        self.normalize = InputNormalize(mean, std)
+        g = math.sqrt(self.gamma)
+
+        layers: list[nn.Module] = []
+        prev, size = in_chans, input_size
+        for i, c in enumerate(conv_channels):
+            layers.append(SandwichConv(prev, c, 3, scale=g if i == 0 else 1.0, input_size=size))
+            layers.append(SandwichConv(c, c, 3, stride=2, input_size=size))
+            prev, size = c, size // 2
+        layers.append(nn.Flatten())
+        prev *= side * side
+        for j, f in enumerate(fc_features):
+            last = j == len(fc_features) - 1
+            layers.append(SandwichFc(prev, f, scale=g if (last and head == "lln") else 1.0))
+            prev = f
+        self.features = nn.Sequential(*layers)
+        self.num_features = prev
+        self.head = self._make_head(num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        if self.head_kind == "lln":
+            return LLN(self.num_features, num_classes, bias=True, eps=1e-12)
+        return SandwichLin(self.num_features, num_classes, scale=math.sqrt(self.gamma))
+
+
+def sandwich_mlp(in_features: int, out_features: int, width: int = 86, depth: int = 9, gamma: float = 1.0) -> nn.Sequential:
+    """The authors' ``Toy`` MLP: ``depth`` SandwichFc of ``width`` (the first scaled by sqrt(gamma)), then
+    ``SandwichLin(scale=sqrt(gamma))``. Lipschitz bound gamma (up to float error); not a registered classifier."""
+    g = math.sqrt(gamma)
+    layers: list[nn.Module] = [SandwichFc(in_features, width, scale=g)]
+    layers += [SandwichFc(width, width) for _ in range(depth - 1)]
+    layers.append(SandwichLin(width, out_features, scale=g))
+    return nn.Sequential(*layers)
+
+
+def _kwl(width: int) -> dict:
+    return dict(conv_channels=(32 * width, 64 * width), fc_features=(512 * width, 512 * width), head="lin",
+                gamma=2.0, normalized=True)
+
+
+_ARGS = {
+    "sandwich_s": _kwl(1),
+    "sandwich_m": _kwl(2),
+    "sandwich_l": _kwl(4),
+    "sandwich_dnn": dict(conv_channels=(64, 128, 256), fc_features=(2048, 2048, 1024), head="lln", gamma=1.0),
+    # compact: the DNN structure (3 conv stages, 3 SandwichFc, LLN) at half/quarter width
+    "sandwich_xs": dict(conv_channels=(32, 64, 128), fc_features=(512, 512, 256), head="lln", gamma=1.0),
+}
+
+default_cfgs = default_cfgs_for(["sandwich_s", "sandwich_m", "sandwich_l"], mean=CIFAR10_MEAN, std=CIFAR10_STD)
+default_cfgs.update(default_cfgs_for(["sandwich_dnn", "sandwich_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0)))
+
+
+def _sandwich(variant: str, pretrained: bool, **kwargs) -> SandwichNet:
+    args = dict(_ARGS[variant])
+    args.update(kwargs)
+    return build(SandwichNet, variant, pretrained, **args)
+
+
+_KWL_NOTE = ("paper Table 2 (CIFAR-100). Computed: {c100:.2f}M (CIFAR-100) / {c10:.2f}M (CIFAR-10), within 2% "
+             "of the rounded paper figure; the paper's count is the CIFAR-100 model")
+
+
+def _info(name: str, description: str, paper_params: float | None = None, note: str = "", **kw) -> ArchInfo:
+    return ArchInfo(name, "sandwich", PAPER, description, paper_params=paper_params, paper_params_note=note, **kw)
+
+
+@register(_info(
+    "sandwich_s", "LBDN KWL small (width 1): Sandwich convs 32, 32/s2, 64, 64/s2; SandwichFc 512, 512; SandwichLin "
+    "head; gamma 2; mean/std normalisation (empirical-robustness model)", 3.0,
+    _KWL_NOTE.format(c100=3.04, c10=2.98)))
+def sandwich_s(pretrained: bool = False, **kwargs) -> SandwichNet:
+    """Sandwich small = the authors' KWL at width 1 (SandwichLin head, gamma 2, mean/std normalisation)."""
+    return _sandwich("sandwich_s", pretrained, **kwargs)
+
+
+@register(_info(
+    "sandwich_m", "LBDN KWL medium (width 2): Sandwich convs 64, 64/s2, 128, 128/s2; SandwichFc 1024, 1024; "
+    "SandwichLin head; gamma 2; mean/std normalisation (empirical-robustness model)", 12.0,
+    _KWL_NOTE.format(c100=12.01, c10=11.91)))
+def sandwich_m(pretrained: bool = False, **kwargs) -> SandwichNet:
+    """Sandwich medium = the authors' KWL at width 2 (SandwichLin head, gamma 2, mean/std normalisation)."""
+    return _sandwich("sandwich_m", pretrained, **kwargs)
+
+
+@register(_info(
+    "sandwich_l", "LBDN KWL large (width 4): Sandwich convs 128, 128/s2, 256, 256/s2; SandwichFc 2048, 2048; "
+    "SandwichLin head; gamma 2; mean/std normalisation (empirical-robustness model)", 48.0,
+    _KWL_NOTE.format(c100=47.81, c10=47.61)))
+def sandwich_l(pretrained: bool = False, **kwargs) -> SandwichNet:
+    """Sandwich large = the authors' KWL at width 4 (SandwichLin head, gamma 2, mean/std normalisation)."""
+    return _sandwich("sandwich_l", pretrained, **kwargs)
+
+
+@register(_info(
+    "sandwich_dnn", "LBDN certified DNN: Sandwich convs 64, 64/s2, 128, 128/s2, 256, 256/s2; SandwichFc 2048, "
+    "2048, 1024; LLN head; gamma 1; mean-only normalisation (L = 1)", 26.0,
+    "paper text '41M vs 26M' (CIFAR-100). Computed: 25.81M (CIFAR-100), 25.72M (CIFAR-10). Paper Table 6 lists "
+    "the first SandwichFc as 1024 -> 2048, but the authors' code (and lipzoo) flattens 256*4*4 = 4096 features"))
+def sandwich_dnn(pretrained: bool = False, **kwargs) -> SandwichNet:
+    """The authors' certified Sandwich DNN (LLN head, gamma 1, mean-only normalisation)."""
+    return _sandwich("sandwich_dnn", pretrained, **kwargs)
+
+
+@register(_info(
+    "sandwich_xs", "compact Sandwich DNN for 2-core CPU training: Sandwich convs 32, 32/s2, 64, 64/s2, 128, 128/s2; "
+    "SandwichFc 512, 512, 256; LLN head; gamma 1; mean-only normalisation (L = 1)", compact=True))
+def sandwich_xs(pretrained: bool = False, **kwargs) -> SandwichNet:
+    """Compact Sandwich DNN (<= 3M parameters, LLN head, mean-only normalisation) for CPU training."""
+    return _sandwich("sandwich_xs", pretrained, **kwargs)

@@ -1,0 +1,74 @@
+"""Command line of the training loop: ``lipzoo train`` == ``python -m lipzoo.train`` == ``scripts/train.py``.
+
+Every recipe field is an option (``--epochs``, ``--lr``, ``--batch-size`` ...) overriding the named recipe.
+Distributed: ``torchrun --nproc_per_node=N -m lipzoo.train --recipe ... --out ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+
+from .recipes import RECIPES, Recipe, get_recipe
+
+__all__ = ["add_train_arguments", "recipe_from_args", "run_from_args", "main"]
+
+
+def _parse_value(field: dataclasses.Field, text: str):
+    hint = str(field.type)
+    if "dict" in hint:
+        return json.loads(text)
+    if "tuple" in hint:
+        parts = [p for p in text.replace("(", "").replace(")", "").split(",") if p.strip()]
+        return tuple(float(p) if any(c in p for c in ".e") else (int(p) if p.strip().lstrip("-").isdigit() else p.strip()) for p in parts)
+    if "bool" in hint:
+        return text.lower() in ("1", "true", "yes")
+    if "int" in hint and "float" not in hint:
+        return int(text)
+    if "float" in hint:
+        return float(text)
+    return text
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default="sll_cpu", help=f"named recipe: {', '.join(sorted(RECIPES))}")
+    p.add_argument("--out", required=True, help="run directory (checkpoint.pt, log.jsonl, model.safetensors, results.json)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly where it stopped")
+    p.add_argument("--data", default=None, help="CIFAR root (default: LIPZOO_DATA, ../shared/data, download)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-fast", action="store_true", help="fp32 NCHW instead of channels_last + autocast")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (resume later)")
+    p.add_argument("--no-eval", action="store_true", help="skip the final certification on the test set")
+    p.add_argument("--no-progress", action="store_true")
+    for f in dataclasses.fields(Recipe):
+        if f.name == "name":
+            continue
+        p.add_argument("--" + f.name.replace("_", "-"), dest="ovr_" + f.name, default=None, metavar="VALUE",
+                       help=f"override recipe.{f.name}")
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    recipe = get_recipe(args.recipe)
+    overrides = {}
+    for f in dataclasses.fields(Recipe):
+        value = getattr(args, "ovr_" + f.name, None)
+        if value is not None:
+            overrides[f.name] = _parse_value(f, value)
+    return recipe.replace(**overrides) if overrides else recipe
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .loop import train
+
+    result = train(recipe_from_args(args), args.out, resume=args.resume, data_root=args.data, device=args.device,
+                   fast=not args.no_fast, max_steps=args.max_steps, evaluate=not args.no_eval,
+                   progress=not args.no_progress)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="lipzoo train", description=__doc__)
+    add_train_arguments(p)
+    return run_from_args(p.parse_args(argv))

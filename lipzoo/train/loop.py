@@ -1,0 +1,378 @@
+"""The training loop: fast on a 2-core CPU, resumable, deterministic, distributed through torchrun.
+
+* CPU: channels_last + ``torch.autocast('cpu', dtype=torch.bfloat16)`` with bf16 inputs; parametrisations stay
+  float32 inside the layers. GPU: autocast bf16 (or fp16 with a GradScaler).
+* Determinism: the epoch permutation comes from a generator seeded with (seed, epoch) and each step's
+  augmentation from one seeded with (seed, epoch, step), drawn for the *global* batch. A resumed run, and a
+  run split over N DDP ranks (each rank takes its slice of the global batch), see exactly the same images.
+* Checkpoints (model, optimizer, scheduler, RNG states, epoch, step) every ``checkpoint_minutes`` and at the
+  end, written atomically; ``resume=True`` continues from the last one. Training checkpoints are lipzoo's own
+  files and are read back with ``torch.load(weights_only=True)``.
+* No test-set selection: the final model is evaluated once on the full test set with the shared certifier and
+  written as ``results.json`` (the claims record) and ``model.safetensors``, ready for ``lipzoo publish``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import load_cifar
+from .augment import AugmentConfig, augment_batch
+from .losses import TrainingLoss
+from .recipes import Recipe
+
+__all__ = ["train", "TrainState", "build_optimizer", "build_scheduler", "export_model"]
+
+_SLL_JITTER = (0.1, (0.5, 2.0), (0.3, 2.0), 0.02)
+
+
+# ------------------------------------------------------------------------------------------ distributed
+def _dist_env() -> tuple[int, int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
+    rank, world, _ = _dist_env()
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world
+
+
+def _pick_device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda", _dist_env()[2])
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------------------------------ optimisation
+def _decays(name: str, p: torch.Tensor, recipe: Recipe) -> bool:
+    if recipe.wd_rule == "none" or recipe.weight_decay == 0:
+        return False
+    if any(k in name for k in recipe.no_wd_keywords):
+        return False
+    if recipe.wd_rule == "weights":
+        return ("weight" in name or "kernel" in name or "random_conv_filter" in name) and p.dim() > 1
+    return True
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if _decays(name, p, recipe) else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=recipe.lr, betas=tuple(recipe.betas))
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def lr_factor(step: int, total: int, recipe: Recipe, steps_per_epoch: int) -> float:
+    """Multiplier of the base lr at ``step`` (0-based) of ``total`` steps."""
+    warm = int(recipe.warmup_epochs * steps_per_epoch)
+    if warm and step < warm:
+        return (step + 1) / warm
+    if recipe.schedule == "triangular":  # LBDN/SLL "interp": [0, .4N, .8N, N] -> [0, 1, 1/20, 0]
+        return float(np.interp(step, [0, 0.4 * total, 0.8 * total, total], [0.0, 1.0, 0.05, 0.0]))
+    if recipe.schedule == "multistep":
+        return 0.1 ** sum(step >= m * total for m in recipe.milestones)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    if recipe.schedule == "constant":
+        return 1.0
+    raise ValueError(f"unknown schedule {recipe.schedule!r}")
+
+
+def build_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    total = recipe.epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, recipe, steps_per_epoch))
+
+
+# ------------------------------------------------------------------------------------------ data
+def _augment_config(recipe: Recipe) -> AugmentConfig | None:
+    if recipe.augment == "none":
+        return AugmentConfig(crop=0, flip=False)
+    if recipe.augment == "crop_flip":
+        return AugmentConfig(crop=4, pad_mode=recipe.pad_mode, flip=True)
+    if recipe.augment == "crop_flip_jitter":
+        return AugmentConfig(crop=4, pad_mode=recipe.pad_mode, flip=True, jitter=_SLL_JITTER)
+    raise ValueError(f"unknown augmentation {recipe.augment!r}")
+
+
+def _split_train_val(x: np.ndarray, y: np.ndarray, n_val: int, seed: int):
+    if n_val <= 0:
+        return (x, y), None
+    perm = np.random.default_rng(seed + 7919).permutation(len(y))
+    val, tr = perm[:n_val], perm[n_val:]
+    return (x[tr], y[tr]), (x[val], y[val])
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    g = torch.Generator()
+    g.manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1, dtype=np.uint64)[0] % (2 ** 63)))
+    return g
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+def _git_revision() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def export_model(model: nn.Module, path: Path, metadata: dict[str, str] | None = None) -> None:
+    """Write the model's state dict (float32, contiguous) as safetensors, atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().float().contiguous().cpu() if v.is_floating_point() else v.detach().contiguous().cpu()
+             for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp.safetensors")
+    save_file(state, str(tmp), metadata=metadata or {})
+    os.replace(tmp, path)
+
+
+class TrainState:
+    """Bookkeeping of a run directory: ``checkpoint.pt``, ``log.jsonl``, ``recipe.json``, ``model.safetensors``,
+    ``results.json``."""
+
+    def __init__(self, out_dir: Path):
+        self.dir = Path(out_dir)
+        self.ckpt = self.dir / "checkpoint.pt"
+        self.log = self.dir / "log.jsonl"
+
+    def log_epoch(self, record: dict[str, Any]) -> None:
+        with open(self.log, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ train
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _batch_certified(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, lipschitz: float,
+                     eps: float = 36 / 255) -> float:
+    try:
+        from .. import certify
+    except ImportError:
+        return float("nan")
+    with torch.no_grad():
+        radii = certify.label_radii(model, logits.float(), labels, lipschitz=lipschitz)
+    return float((radii > eps).float().mean())
+
+
+def train(
+    recipe: Recipe,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    data_root: str | None = None,
+    device: str | None = None,
+    fast: bool = True,
+    max_steps: int | None = None,
+    evaluate: bool = True,
+    progress: bool = True,
+    train_subset: int | None = None,
+    eval_subset: int | None = None,
+) -> dict[str, Any]:
+    """Train ``recipe`` into ``out_dir``; returns the final record (and writes results.json when ``evaluate``).
+
+    ``max_steps`` stops after that many optimizer steps in total (for tests and for interrupting); a later call
+    with ``resume=True`` continues exactly. ``fast``: channels_last + bf16 autocast (CPU) / autocast (GPU).
+    ``train_subset`` / ``eval_subset`` use the first N images (for tests only).
+    """
+    import lipzoo
+
+    dev = _pick_device(device)
+    rank, world = _init_distributed(dev)
+    is_main = rank == 0
+    out = TrainState(Path(out_dir))
+    if is_main:
+        out.dir.mkdir(parents=True, exist_ok=True)
+    if recipe.batch_size % world:
+        raise ValueError(f"global batch {recipe.batch_size} is not divisible by the world size {world}")
+    local_bs = recipe.batch_size // world
+
+    x_all, y_all = load_cifar(recipe.dataset, "train", data_root)
+    if train_subset:
+        x_all, y_all = x_all[:train_subset], y_all[:train_subset]
+    (x_tr, y_tr), val = _split_train_val(x_all, y_all, recipe.val_split, recipe.seed)
+    x_tr_t, y_tr_t = torch.from_numpy(np.ascontiguousarray(x_tr)), torch.from_numpy(y_tr)
+    steps_per_epoch = len(y_tr) // recipe.batch_size  # drop_last, as the reference loops do
+    if steps_per_epoch == 0:
+        raise ValueError(f"training set of {len(y_tr)} images is smaller than one batch ({recipe.batch_size})")
+    total_steps = recipe.epochs * steps_per_epoch
+
+    torch.manual_seed(recipe.seed)
+    num_classes = 100 if recipe.dataset == "cifar100" else 10
+    model = lipzoo.create_model(recipe.model, num_classes=num_classes, **recipe.model_args).to(dev)
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, recipe)
+    sched = build_scheduler(opt, recipe, steps_per_epoch)
+    loss_fn = TrainingLoss(recipe.loss, recipe.offset, recipe.temperature, recipe.margin, recipe.cr_gamma,
+                           recipe.curvature_beta)
+    step = 0
+    if resume and out.ckpt.exists():
+        ck = torch.load(out.ckpt, map_location="cpu", weights_only=True)
+        if ck["recipe"] != json.loads(json.dumps(recipe.to_dict())):
+            changed = sorted(k for k in ck["recipe"] if ck["recipe"][k] != json.loads(json.dumps(recipe.to_dict())).get(k))
+            raise ValueError(f"cannot resume {out.ckpt}: the recipe changed ({', '.join(changed)}); use a new --out")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng_cpu"])
+        step = int(ck["step"])
+    elif out.ckpt.exists() and is_main:
+        raise FileExistsError(f"{out.ckpt} exists: pass resume=True (--resume) to continue, or use a new output dir")
+    if is_main:
+        (out.dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+
+    train_model: nn.Module = model
+    if world > 1:
+        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    use_amp = fast
+    amp_dtype = torch.bfloat16
+    in_dtype = torch.bfloat16 if (fast and dev.type == "cpu") else torch.float32
+    aug = _augment_config(recipe)
+
+    def save_checkpoint() -> None:
+        if not is_main:
+            return
+        _save_atomic({
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "epoch": step // steps_per_epoch, "step": step,
+            "recipe": json.loads(json.dumps(recipe.to_dict())),
+        }, out.ckpt)
+
+    last_save = time.time()
+    stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
+    lipschitz = float(model.lipschitz_bound()) if step < stop_at else 1.0
+    pbar = None
+    while step < stop_at:
+        epoch = step // steps_per_epoch
+        perm = torch.randperm(len(y_tr), generator=_seeded(recipe.seed, epoch))
+        train_model.train()
+        sums = {"loss": 0.0, "acc": 0.0, "cert": 0.0, "n": 0}
+        t0 = time.time()
+        if progress and is_main:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                        leave=False, dynamic_ncols=True)
+        while step < stop_at and step // steps_per_epoch == epoch:
+            i = step % steps_per_epoch
+            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+            g = _seeded(recipe.seed, epoch, i)
+            xb = augment_batch(x_tr_t[idx], aug, g, dtype=in_dtype)
+            yb = y_tr_t[idx]
+            xb, yb = xb[rank * local_bs:(rank + 1) * local_bs].to(dev), yb[rank * local_bs:(rank + 1) * local_bs].to(dev)
+            ctx = torch.autocast(dev.type, dtype=amp_dtype) if use_amp else nullcontext()
+            with ctx:
+                logits = train_model(xb)
+            loss = loss_fn(model, logits.float(), yb, lipschitz=lipschitz)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if recipe.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            with torch.no_grad():
+                acc = float((logits.argmax(1) == yb).float().mean())
+            cert = _batch_certified(model, logits.detach(), yb, lipschitz) if (i % 10 == 0) else float("nan")
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"loss is {float(loss)} at step {step}; lower the lr or check the data")
+            sums["loss"] += float(loss); sums["acc"] += acc; sums["n"] += 1
+            if cert == cert:
+                sums["cert"] += cert; sums.setdefault("ncert", 0); sums["ncert"] += 1
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{float(loss):.3f}", acc=f"{acc:.3f}",
+                                 cert36=f"{cert:.3f}" if cert == cert else "-",
+                                 ips=f"{sums['n'] * recipe.batch_size / (time.time() - t0):.0f}")
+            if time.time() - last_save > recipe.checkpoint_minutes * 60:
+                save_checkpoint()
+                last_save = time.time()
+        if pbar is not None:
+            pbar.close()
+        lipschitz = float(model.lipschitz_bound())
+        if is_main and sums["n"]:
+            rec = {
+                "epoch": epoch + 1, "step": step, "partial": step % steps_per_epoch != 0,
+                "loss": sums["loss"] / sums["n"], "train_acc": sums["acc"] / sums["n"],
+                "train_cert36": sums["cert"] / max(sums.get("ncert", 0), 1),
+                "lr": opt.param_groups[0]["lr"], "lipschitz_bound": lipschitz,
+                "seconds": time.time() - t0, "images_per_s": sums["n"] * recipe.batch_size / (time.time() - t0),
+            }
+            if val is not None:
+                rec.update(_quick_eval(model, val[0], val[1], dev))
+            out.log_epoch(rec)
+            print(json.dumps(rec), flush=True)
+        save_checkpoint()
+        last_save = time.time()
+    if world > 1:
+        dist.barrier()
+    result: dict[str, Any] = {"step": step, "total_steps": total_steps, "finished": step >= total_steps}
+    if is_main and step >= total_steps:
+        meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": lipzoo.__version__,
+                "git_revision": _git_revision() or "unknown"}
+        export_model(model, out.dir / "model.safetensors", meta)
+        if evaluate:
+            result["claims"] = evaluate_and_write(model, recipe, out.dir, data_root, eval_subset)
+    return result
+
+
+def _quick_eval(model: nn.Module, x: np.ndarray, y: np.ndarray, dev: torch.device) -> dict[str, float]:
+    from .. import certify
+
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div(255)
+    res = certify.certify(model, images, torch.from_numpy(y), eps=(36 / 255,))
+    return {"val_clean": res.clean_accuracy, "val_cert36": list(res.certified_accuracy.values())[0]}
+
+
+def evaluate_and_write(model: nn.Module, recipe: Recipe, out_dir: Path, data_root: str | None = None,
+                       subset: int | None = None) -> dict[str, Any]:
+    """Certify the final model on the test set with the shared certifier; write ``results.json``."""
+    from .. import certify
+
+    x, y = load_cifar(recipe.dataset, "test", data_root)
+    if subset:
+        x, y = x[:subset], y[:subset]
+    images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div(255)
+    model = model.float().to(memory_format=torch.contiguous_format).eval()
+    res = certify.certify(model, images, torch.from_numpy(y))
+    claims = res.to_claims(dataset=recipe.dataset, split="test", subset="full" if not subset else "subset")
+    record = {
+        "arch": recipe.model, "recipe": recipe.to_dict(), "claims": claims, "git_revision": _git_revision(),
+        "torch": torch.__version__, "platform": platform.platform(),
+        "radii_sha256": None,
+    }
+    (Path(out_dir) / "results.json").write_text(json.dumps(record, indent=2))
+    return claims
