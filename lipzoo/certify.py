@@ -635,13 +635,16 @@ def certify_dataset(
 
 
 def certified_radius(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None,
-                     return_predictions: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                     return_predictions: bool = False, lipschitz_bound: float | None = None,
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Certified l2 radius (float64, pixel space) of the model's *prediction* for each image of ``x`` (no labels
-    needed; misclassification is not known here). ``dtype`` defaults to float32."""
+    needed; misclassification is not known here). ``dtype`` defaults to float32; ``lipschitz_bound`` defaults to
+    ``model.lipschitz_bound()`` (pass it to avoid recomputing an expensive bound)."""
     dtype = _check_dtype(dtype or torch.float32)
     prep = _Prepared(model, dtype)
     with prep as m, torch.no_grad():
-        rule = _Rule(m, dtype, float(m.lipschitz_bound()))
+        bound = float(m.lipschitz_bound()) if lipschitz_bound is None else float(lipschitz_bound)
+        rule = _Rule(m, dtype, bound)
         xx = _as_images(x).to(device=prep.device, dtype=dtype)
         r, p = rule.radii(xx.contiguous(memory_format=torch.channels_last) if xx.dim() == 4 else xx)
     return (r, p) if return_predictions else r

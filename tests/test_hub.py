@@ -36,9 +36,9 @@ if find_root("cifar10") is None:
 
 # Runs first in every child. Until lipzoo/verify.py exists, a minimal stand-in with the same contract
 # (re-certify the claimed subset, fail when any measured accuracy is below its claim) takes its place.
-PRELUDE = textwrap.dedent('''
-    import importlib.util, json, sys, time, types
-    if importlib.util.find_spec("lipzoo.verify") is None:
+PRELUDE = textwrap.dedent(f'''
+    import json, os, sys, time, types
+    if not os.path.exists({str(ROOT / "lipzoo" / "verify.py")!r}):  # checked without importing lipzoo (torch)
         from dataclasses import dataclass, field
 
         @dataclass
@@ -49,10 +49,10 @@ PRELUDE = textwrap.dedent('''
             mode: str = "quick"
 
             def to_dict(self):
-                return {"passed": self.passed, "mode": self.mode, "claims": self.claims, "measured": self.measured}
+                return {{"passed": self.passed, "mode": self.mode, "claims": self.claims, "measured": self.measured}}
 
             def to_markdown(self):
-                return f"claimed {self.claims['certified_accuracy']} / measured {self.measured['certified_accuracy']}"
+                return f"claimed {{self.claims['certified_accuracy']}} / measured {{self.measured['certified_accuracy']}}"
 
         def verify(model, claims, data=None, mode="full"):
             from lipzoo.certify import certify
@@ -79,9 +79,9 @@ PRELUDE = textwrap.dedent('''
         t = time.monotonic()
         try:
             fn()
-            return {"ok": True, "seconds": time.monotonic() - t}
+            return {{"ok": True, "seconds": time.monotonic() - t}}
         except Exception as e:
-            return {"ok": False, "type": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t}
+            return {{"ok": False, "type": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t}}
 
     def emit(obj):
         print("RESULT " + json.dumps(obj), flush=True)
@@ -255,6 +255,7 @@ def test_quick_publish_refused_for_the_project_registry(monkeypatch, tmp_path):
 
 
 def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
     from safetensors.torch import save_file
 
     from lipzoo.hub import publish as P
@@ -274,10 +275,11 @@ def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
     assert not (tmp_path / "published.json").exists()
 
 
-def test_registry_write_is_atomic_and_refuses_corrupt_file(tmp_path):
+def test_registry_write_is_atomic_and_refuses_corrupt_file(monkeypatch, tmp_path):
     from lipzoo.hub.publish import PublishError, record_published
 
-    path = tmp_path / "published.json"
+    monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "reg" / "published.json"
     record_published("a.cifar10", {"sha256": "1"}, path)
     record_published("b.cifar10", {"sha256": "2"}, path)
     assert json.loads(path.read_text()) == {"a.cifar10": {"sha256": "1"}, "b.cifar10": {"sha256": "2"}}
@@ -285,7 +287,7 @@ def test_registry_write_is_atomic_and_refuses_corrupt_file(tmp_path):
     with pytest.raises(PublishError, match="not valid JSON"):
         record_published("c.cifar10", {}, path)
     assert path.read_text() == "{broken"
-    assert [p.name for p in tmp_path.iterdir()] == ["published.json"]
+    assert [p.name for p in path.parent.iterdir()] == ["published.json"]
 
 
 # ----------------------------------------------------------------------------------------------- server

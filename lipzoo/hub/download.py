@@ -105,35 +105,36 @@ def _fetch(repo_id: str, revisions: list[str | None], cache_dir: str | None) -> 
     from .server import endpoint_reachable
 
     endpoint = _endpoint()
-    local_only = bool(constants.HF_HUB_OFFLINE)
-    if not local_only and not endpoint_reachable(endpoint):
-        local_only = True
-        unreachable = True
-    else:
-        unreachable = False
+    offline = bool(constants.HF_HUB_OFFLINE)
+    unreachable = not offline and not endpoint_reachable(endpoint)  # a few seconds, not 20 s of retries
+    local_only = offline or unreachable
     last: Exception | None = None
     for rev in revisions:
         try:
             cfg = hf_hub_download(repo_id, CONFIG, revision=rev, cache_dir=cache_dir, local_files_only=local_only, etag_timeout=5)
             weights = hf_hub_download(repo_id, WEIGHTS, revision=rev, cache_dir=cache_dir, local_files_only=local_only, etag_timeout=5)
-            if unreachable:
-                warnings.warn(f"the hub at {endpoint} is unreachable; using the cached copy of {repo_id}@{rev or 'main'}",
-                              RuntimeWarning, stacklevel=4)
-            return cfg, weights, rev
         except RevisionNotFoundError as e:  # try the next pinned revision (local snapshot vs. remote commit)
             last = e
+            continue
         except RepositoryNotFoundError as e:
             raise HubError(f"{repo_id} does not exist on {endpoint}. Is HF_ENDPOINT right, and does the hub serve "
                            "the project's hub/ folder (`lipzoo hub serve`)?") from e
         except LocalEntryNotFoundError as e:
-            if unreachable or local_only:
-                why = (f"the hub at {endpoint} is unreachable" if unreachable else "HF_HUB_OFFLINE=1 is set")
-                raise HubUnreachableError(
-                    f"cannot get {repo_id}@{rev or 'main'}: {why} and there is no cached copy in "
-                    f"{cache_dir or constants.HF_HUB_CACHE}. Start the local hub (`lipzoo hub serve`, then export "
-                    f"HF_ENDPOINT=http://127.0.0.1:<port>), connect to the Hugging Face Hub, or unset HF_HUB_OFFLINE."
-                ) from e
+            if not local_only:
+                raise HubError(f"could not download {repo_id}@{rev or 'main'} from {endpoint}: {e}") from e
             last = e
+            continue
+        if unreachable:
+            warnings.warn(f"the hub at {endpoint} is unreachable; using the cached copy of {repo_id}@{rev or 'main'}",
+                          RuntimeWarning, stacklevel=4)
+        return cfg, weights, rev
+    if local_only:
+        why = f"the hub at {endpoint} is unreachable" if unreachable else "HF_HUB_OFFLINE=1 is set"
+        raise HubUnreachableError(
+            f"cannot get {repo_id} (revision {' or '.join(r or 'main' for r in revisions)}): {why} and there is no "
+            f"cached copy in {cache_dir or constants.HF_HUB_CACHE}. Start the local hub (`lipzoo hub serve`, then "
+            "export HF_ENDPOINT=http://127.0.0.1:<port>), connect to the Hugging Face Hub, or unset HF_HUB_OFFLINE."
+        ) from last
     raise HubError(f"none of the pinned revisions {revisions} of {repo_id} exists on {endpoint}: {last}") from last
 
 

@@ -121,9 +121,10 @@ def _code_revision() -> tuple[str | None, bool]:
     git = shutil.which("git")
     if git is None or not (REPO_ROOT / ".git").exists():
         return None, False
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # this checkout, not a hook's repo
     try:
-        sha = subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run([git, "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        sha = subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run([git, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, env=env,
                                capture_output=True, text=True, timeout=10)
         return (sha.stdout.strip() or None), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):

@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .snapshot import check_repo_id, hub_dir, iter_repos, replace_dir, snapshot_commit
+from .snapshot import check_repo_id, hub_dir, iter_repos, replace_dir, run_git, snapshot_commit
 
 __all__ = ["DEFAULT_PORT", "LocalHub", "serve", "build_mirrors", "free_port", "endpoint_reachable", "main"]
 
@@ -133,6 +133,8 @@ def _apply_commit(root: Path, mirrors: Path, repo_id: str, lines: list[dict[str,
         sha = snapshot_commit(staging, git_dir, repo_id)
         if any(staging.iterdir()):
             replace_dir(staging, dest)
+        else:  # every file was deleted: so is the folder, or a restart would bring them back
+            shutil.rmtree(dest, ignore_errors=True)
         return sha
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -168,10 +170,11 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
     @router.get(STATUS_ROUTE)
     def status() -> dict[str, Any]:
         served = {}
-        for org in sorted((mirrors / "models").glob("*")):
-            for repo in sorted(org.glob("*")):
-                head = repo / ".git" / "refs" / "heads" / "main"
-                served[f"{org.name}/{repo.name}"] = head.read_text().strip() if head.exists() else None
+        for git_dir in sorted((mirrors / "models").glob("*/*/.git")):
+            try:
+                served[f"{git_dir.parent.parent.name}/{git_dir.parent.name}"] = run_git(["rev-parse", "main"], git_dir.parent)
+            except RuntimeError:
+                pass
         return {"status": "ok", "root": str(root), "repos": served}
 
     @router.post("/api/repos/create")
@@ -282,6 +285,7 @@ def serve(root: str | os.PathLike | None = None, port: int = DEFAULT_PORT, state
     mirrors, logs = state / "mirrors", state / "logs"
     for d in (mirrors / "models", logs, state / "olah-cache"):
         d.mkdir(parents=True, exist_ok=True)
+    stdout = sys.stdout  # olah replaces sys.stdout with a logger on import
     try:
         revisions = build_mirrors(root, mirrors)
         _olah_config(state / "olah.toml", port, mirrors, state / "olah-cache")
@@ -293,10 +297,10 @@ def serve(root: str | os.PathLike | None = None, port: int = DEFAULT_PORT, state
         _mount_write_routes(app, root, mirrors, port)
         endpoint = f"http://127.0.0.1:{port}"
         if not quiet:
-            print(f"lipzoo local hub: serving {len(revisions)} repo(s) from {root}")
-            for rid, sha in revisions.items():
-                print(f"  {rid} @ {sha}")
-            print(f"Use it with:\n  export HF_ENDPOINT={endpoint}\nStop with Ctrl-C.", flush=True)
+            lines = [f"lipzoo local hub: serving {len(revisions)} repo(s) from {root}"]
+            lines += [f"  {rid} @ {sha}" for rid, sha in revisions.items()]
+            lines += ["Use it with:", f"  export HF_ENDPOINT={endpoint}", "Stop with Ctrl-C."]
+            print("\n".join(lines), file=stdout, flush=True)
         uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
     finally:
         if own_state:

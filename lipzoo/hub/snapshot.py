@@ -22,7 +22,7 @@ from pathlib import Path
 
 __all__ = [
     "REPO_ROOT", "hub_dir", "repo_dir", "check_repo_id", "iter_repos", "sha256_file", "snapshot_commit",
-    "snapshot_revision", "replace_dir", "GitUnavailableError",
+    "snapshot_revision", "replace_dir", "run_git", "GitUnavailableError",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -79,11 +79,16 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _git(args: list[str], cwd: Path) -> str:
+def run_git(args: list[str], cwd: Path) -> str:
+    """``git *args`` in ``cwd`` with a fixed identity and date and no user config; returns stdout.
+
+    Inherited ``GIT_*`` variables (``GIT_DIR``, ``GIT_INDEX_FILE`` ... set by hooks) are dropped, so the
+    command can only touch the repo in ``cwd``.
+    """
     git = shutil.which("git")
     if git is None:
         raise GitUnavailableError("the local hub needs the `git` command; install git (e.g. apt-get install git)")
-    env = {**os.environ, **_GIT_ENV}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")} | _GIT_ENV
     res = subprocess.run([git, *args], cwd=cwd, env=env, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"git {' '.join(args)} failed in {cwd}: {res.stderr.strip()}")
@@ -105,8 +110,8 @@ def snapshot_commit(src: str | os.PathLike | None, git_dir: str | os.PathLike, r
     git_dir = Path(git_dir)
     if not (git_dir / ".git").is_dir():
         git_dir.mkdir(parents=True, exist_ok=True)
-        _git(["init", "-q", "-b", "main", "."], git_dir)
-        _git(["config", "core.autocrlf", "false"], git_dir)
+        run_git(["init", "-q", "-b", "main", "."], git_dir)
+        run_git(["config", "core.autocrlf", "false"], git_dir)
     for p in list(git_dir.iterdir()):
         if p.name != ".git":
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
@@ -115,16 +120,16 @@ def snapshot_commit(src: str | os.PathLike | None, git_dir: str | os.PathLike, r
         for rel in _files(src):
             (git_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / rel, git_dir / rel)  # content only: modes are always 100644
-    _git(["add", "-A", "-f", "."], git_dir)
-    tree = _git(["write-tree"], git_dir)
-    sha = _git(["commit-tree", "--no-gpg-sign", tree, "-m", f"lipzoo snapshot of {repo_id}"], git_dir)
+    run_git(["add", "-A", "-f", "."], git_dir)
+    tree = run_git(["write-tree"], git_dir)
+    sha = run_git(["commit-tree", "--no-gpg-sign", tree, "-m", f"lipzoo snapshot of {repo_id}"], git_dir)
     try:
-        old = _git(["rev-parse", "--verify", "-q", "refs/heads/main"], git_dir)
+        old = run_git(["rev-parse", "--verify", "-q", "refs/heads/main"], git_dir)
     except RuntimeError:
         old = ""
     if old and old != sha:
-        _git(["update-ref", f"refs/snapshots/{old}", old], git_dir)
-    _git(["update-ref", "refs/heads/main", sha], git_dir)
+        run_git(["update-ref", f"refs/snapshots/{old}", old], git_dir)
+    run_git(["update-ref", "refs/heads/main", sha], git_dir)
     return sha
 
 

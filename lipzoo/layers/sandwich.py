@@ -51,7 +51,7 @@ from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
 from .shapes import PixelUnshuffle
 
 __all__ = [
-    "cayley", "sandwich_bound", "fft_shift", "SandwichFc", "SandwichLin", "SandwichConv1", "SandwichConv1Lin", "SandwichConv",
+    "cayley", "sandwich_bound", "fft_kernel", "SandwichFc", "SandwichLin", "SandwichConv1", "SandwichConv1Lin", "SandwichConv",
 ]
 
 SQRT2 = math.sqrt(2.0)
@@ -264,18 +264,43 @@ def _pair(size: int | Sequence[int]) -> _Size:
     return (int(h), int(w))
 
 
-def fft_shift(size: _Size, s: int, dtype: torch.dtype = torch.complex64, device=None) -> torch.Tensor:
-    """``exp(-2 pi i s (u/H + v/W))`` on the rfft2 half plane, flattened to ``(H * (W//2+1), 1, 1)``.
+def fft_kernel(weight: torch.Tensor, grid: _Size) -> torch.Tensor:
+    """The authors' spectral kernel ``W_f = shift_f * conj(rfft2(weight, grid))_f``, ``shift_f = exp(-2 pi i s
+    (u/H + v/W))``, ``s = (k-1)//2``, as ``(F, c_out, c_in)`` with ``F = H (W//2+1)`` (rfft2 half plane, row-major).
 
-    Multiplying ``conj(rfft2(kernel))`` by it centres a ``k x k`` kernel (``s = (k-1)//2``) so that the spectral
-    product is the circular cross-correlation ``out(z) = sum_d K(d) x(z + d - s)`` (PyTorch's conv2d with
-    circular "same" padding).
+    It centres the ``k x k`` kernel: the spectral product is the circular cross-correlation
+    ``out(z) = sum_d weight(d) x(z + d - s)`` (conv2d with circular "same" padding). Computed as ``rfft2(K)`` of
+    the real kernel ``K(y) = weight((s - y) mod grid)`` (flipped and wrapped), which avoids complex elementwise ops.
     """
-    H, W = size
-    u = torch.arange(H, dtype=torch.float64, device=device).view(-1, 1) / H
-    v = torch.arange(W // 2 + 1, dtype=torch.float64, device=device).view(1, -1) / W
-    angle = (-2.0 * math.pi * s) * (u + v)
-    return torch.polar(torch.ones_like(angle), angle).to(dtype).reshape(-1, 1, 1)
+    k = weight.shape[-1]
+    H, W = grid
+    r = k - 1 - (k - 1) // 2
+    K = torch.roll(F.pad(weight.flip(-2, -1), (0, W - k, 0, H - k)), shifts=(-r, -r), dims=(-2, -1))
+    return torch.fft.rfft2(K).reshape(*weight.shape[:2], -1).permute(2, 0, 1)
+
+
+def _complex_fro_norm(z: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(torch.view_as_real(z))
+
+
+def _real_right_matrix(M: torch.Tensor) -> torch.Tensor:
+    """Real ``(F, 2C, 2C_out)`` matrix ``R`` with ``view_as_real(x) @ R == view_as_real(x @ M^T)`` for complex
+    row vectors ``x`` (C,) and ``M`` (F, C_out, C): ``a + ib`` becomes the block ``[[a, b], [-b, a]]``. Real
+    batched GEMMs are much faster than complex ones on CPU (and run in bf16 under autocast)."""
+    Mt = M.transpose(-2, -1)
+    a, b = Mt.real, Mt.imag
+    nf, c, co = a.shape
+    return torch.stack((torch.stack((a, b), -1), torch.stack((-b, a), -1)), 2).reshape(nf, 2 * c, 2 * co)
+
+
+def _spectral_apply(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``irfft2(M_f rfft2(x)_f)`` for real ``x`` (N, C, H, W), with ``R = _real_right_matrix(M)``."""
+    n, c, H, W = x.shape
+    xf = torch.fft.rfft2(x)  # (N, C, H, W//2+1)
+    xr = torch.view_as_real(xf.permute(2, 3, 0, 1)).reshape(-1, n, 2 * c)  # (F, N, 2C)
+    y = torch.bmm(xr, R if torch.is_autocast_enabled(x.device.type) else R.to(xr.dtype))
+    y = torch.view_as_complex(y.to(x.dtype).reshape(H, W // 2 + 1, n, -1, 2))
+    return torch.fft.irfft2(y.permute(2, 3, 0, 1), s=(H, W))
 
 
 class SandwichConv(LipschitzModule):
@@ -341,51 +366,58 @@ class SandwichConv(LipschitzModule):
             raise ValueError(f"input grid {H}x{W} is smaller than the kernel {self.kernel_size}")
         return H, W
 
-    def _fft_weight(self, grid: _Size, dtype: torch.dtype) -> torch.Tensor:
-        """``W_f = shift_f * conj(rfft2(weight, grid))_f`` as ``(F, c_out, c_in' + c_out)``, F = H (W//2+1)."""
-        w = self.weight.to(dtype)
-        cout, chn = w.shape[:2]
-        wf = torch.fft.rfft2(w, s=grid).reshape(cout, chn, -1).permute(2, 0, 1).conj()
-        return wf * fft_shift(grid, (self.kernel_size - 1) // 2, wf.dtype, wf.device)
-
     @torch.no_grad()
     def fft_weight_norm(self, input_size: int | Sequence[int]) -> torch.Tensor:
         """``||W_hat||_F`` over the rfft2 half plane of the grid of ``input_size`` (the authors' initial alpha)."""
-        return self._fft_weight(self._grid(_pair(input_size)), _compute_dtype(self.weight)).norm()
+        grid = self._grid(_pair(input_size))
+        return _complex_fro_norm(fft_kernel(self.weight.to(_compute_dtype(self.weight)), grid))
 
-    def _compute_factors(self, grid: _Size) -> tuple[torch.Tensor, torch.Tensor]:
+    def _compute_params(self, grid: _Size) -> dict[str, torch.Tensor]:
+        """Factors ``A``, ``B`` (``(F, ...)`` complex, or ``(1, ...)`` real for 1x1 kernels) and the operators of the
+        forward pass: real-embedded per-frequency matrices ``op1`` (sqrt2 B) and ``op2`` (sqrt2 A^H), or 1x1 conv
+        kernels for 1x1 layers."""
+        cout = self.out_channels
         with torch.autocast(device_type=self.weight.device.type, enabled=False):
-            wf = self._fft_weight(grid, _compute_dtype(self.weight))
-            Q = cayley(self.alpha.to(wf.real.dtype) * wf / wf.norm())
-            return Q[..., : self.out_channels], Q[..., self.out_channels :]
+            dt = _compute_dtype(self.weight)
+            if self.kernel_size == 1:
+                # W_f = W for every frequency (no shift, real), so ||W_hat||_F = sqrt(#freq) ||W||_F and
+                # Q_f = Q: the layer is the pointwise (1x1) sandwich, computed without FFTs.
+                w = self.weight.to(dt)[:, :, 0, 0]
+                nfreq = grid[0] * (grid[1] // 2 + 1)
+                Q = cayley(self.alpha.to(dt) * w / (w.norm() * math.sqrt(nfreq)))
+                A, B = Q[:, :cout], Q[:, cout:]
+                return dict(A=A[None], B=B[None], op1=(SQRT2 * B)[:, :, None, None],
+                            op2=(SQRT2 * A.t())[:, :, None, None])
+            wf = fft_kernel(self.weight.to(dt), grid)
+            Q = cayley((self.alpha.to(dt) / _complex_fro_norm(wf)) * wf)
+            A, B = Q[..., :cout], Q[..., cout:]
+            return dict(A=A, B=B, op1=_real_right_matrix(SQRT2 * B), op2=_real_right_matrix(SQRT2 * A.mH))
+
+    def _params(self, grid: _Size) -> dict[str, torch.Tensor]:
+        return self._cache.get(lambda: self._compute_params(grid), extra=grid)
 
     def factors(self, input_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-frequency ``(A_f, B_f)``, shapes ``(F, c_out, c_out)`` and ``(F, c_out, c_in')``, for inputs of
-        ``input_size`` (cached in eval mode per grid)."""
-        grid = self._grid(_pair(input_size))
-        return self._cache.get(lambda: self._compute_factors(grid), extra=grid)
-
-    @staticmethod
-    def _spectral_apply(M: torch.Tensor, x: torch.Tensor, grid: _Size) -> torch.Tensor:
-        """``irfft2(M_f rfft2(x)_f)`` for real ``x`` (N, C, H, W) and ``M`` (F, C_out, C)."""
-        n, c = x.shape[:2]
-        xf = torch.fft.rfft2(x, s=grid).permute(2, 3, 0, 1).reshape(-1, n, c)  # (F, N, C)
-        yf = xf @ M.transpose(-2, -1)  # (F, N, C_out)
-        H, Wr = grid[0], grid[1] // 2 + 1
-        return torch.fft.irfft2(yf.reshape(H, Wr, n, -1).permute(2, 3, 0, 1), s=grid)
+        ``input_size`` (cached in eval mode per grid). For 1x1 kernels ``F = 1``: one real matrix pair serves every
+        frequency."""
+        p = self._params(self._grid(_pair(input_size)))
+        return p["A"], p["B"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._seen_sizes.add((x.shape[-2], x.shape[-1]))
-        A, B = self.factors(x.shape[-2:])
+        p = self._params(self._grid((x.shape[-2], x.shape[-1])))
         x = x * self.scale if self.scale != 1.0 else x
         if self.unshuffle is not None:
             x = self.unshuffle(x)
-        grid = (x.shape[-2], x.shape[-1])
-        x = x.to(A.real.dtype)
-        h = self._spectral_apply(B * SQRT2, x, grid)
-        if self.bias is not None:
-            h = h + (torch.exp(self.psi) * self.bias).to(h.dtype).view(1, -1, 1, 1)
-        return self._spectral_apply(A.mH * SQRT2, F.relu(h), grid)
+        bias = None if self.bias is None else torch.exp(self.psi) * self.bias
+        if self.kernel_size == 1:
+            dt = _act_dtype(x, p["op1"].dtype)
+            h = F.relu(F.conv2d(x, p["op1"].to(dt), None if bias is None else bias.to(dt)))
+            return F.conv2d(h, p["op2"].to(dt))
+        h = _spectral_apply(p["op1"], x.to(p["op1"].dtype))
+        if bias is not None:
+            h = h.add_(bias.to(h.dtype).view(1, -1, 1, 1))  # in place: irfft2's backward does not need h
+        return _spectral_apply(p["op2"], F.relu_(h))
 
     @torch.no_grad()
     def effective_factors(self, input_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -393,6 +425,8 @@ class SandwichConv(LipschitzModule):
         self-conjugate columns (irfft2 keeps only that Hermitian part), ``Q`` elsewhere."""
         grid = self._grid(_pair(input_size))
         A, B = self.factors(input_size)
+        if self.kernel_size == 1:  # one real matrix pair for every frequency
+            return A, B
         Q = torch.cat((A, B), dim=-1)
         H, Wr = grid[0], grid[1] // 2 + 1
         Q = Q.reshape(H, Wr, *Q.shape[-2:]).clone()

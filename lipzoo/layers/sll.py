@@ -73,7 +73,8 @@ class SLLConv2d(LipschitzModule):
         self.channels, self.inner_dim, self.kernel_size, self.q_mode = channels, inner_dim, kernel_size, q_mode
         self.kernel = nn.Parameter(torch.empty(inner_dim, channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(1, inner_dim, 1, 1))
-        self.q = nn.Parameter(torch.randn(inner_dim))
+        # with q = exp(param) the factors cancel in the conv rescaling: q is kept (checkpoints carry it) but frozen
+        self.q = nn.Parameter(torch.randn(inner_dim), requires_grad=q_mode == "abs")
         self._cache = ParametrizationCache(self)
         self.reset_parameters()
 

@@ -23,7 +23,8 @@ Proven bound (:meth:`SOCConv2d.lipschitz_bound`, for the eval-mode map). Because
 (``fl(a - b) = -fl(b - a)``), ``exp(S)`` is orthogonal and the Taylor remainder in integral form gives
 ``||sum_{j<=K} S^j/j!|| <= 1 + s^{K+1} / (K+1)!`` for any ``s >= ||S||_2``. ``s`` is the Fantastic-Four bound
 (Singla & Feizi 2021, Thm 1, valid for zero padding as a compression of a circular convolution)
-``sqrt(k k) min_i ||M_i(L_n)||_2``, each norm computed exactly (SVD, float64) from the kernel the forward uses.
+``sqrt(k k) min_i ||M_i(L_n)||_2``, each norm computed in float64 (Gram eigenvalues plus rounding slack, not
+power iteration) from the kernel the forward uses.
 Unshuffle is a permutation, channel padding an isometry and truncation a projection (bound 1).
 """
 from __future__ import annotations
@@ -38,7 +39,10 @@ from torch import nn
 from .base import LipschitzModule, ParametrizationCache
 from .shapes import ChannelPad, FirstChannels, PixelUnshuffle
 
-__all__ = ["SOCConv2d", "SOCHead", "skew_kernel", "transpose_kernel", "conv_exp", "fantastic_four_norm_bound"]
+__all__ = [
+    "SOCConv2d", "SOCHead", "skew_kernel", "transpose_kernel", "conv_exp", "ff_matrices", "fantastic_four_norm_bound",
+    "spectral_norm_upper",
+]
 
 Version = Literal["icml21", "improved"]
 
@@ -48,11 +52,28 @@ _VERSIONS: dict[str, dict] = {
     "improved": dict(train_order=5, eval_order=14, correction=1.0, update_freq=None, horner=True),
 }
 
-# Fantastic Four reshapes of a (C_out, C_in, kh, kw) kernel as (axes summed to get v_i, axes summed to get u_i):
-# <u_i, M_i v_i> = sum(L * u_i * v_i). M1 = [(o,a),(i,b)], M2 = [(o,b),(i,a)], M3 = [o,(i,a,b)], M4 = [i,(o,a,b)].
-_FF_AXES = (((1, 3), (0, 2)), ((1, 2), (0, 3)), ((1, 2, 3), (0,)), ((0, 2, 3), (1,)))
+# Fantastic Four reshapes of a (C_out, C_in, kh, kw) kernel L (o, i, a, b): M1 = [(o,a), (i,b)],
+# M2 = [(o,b), (i,a)], M3 = [o, (i,a,b)], M4 = [i, (o,a,b)] (rows, columns). The stored vectors are v_i (rows)
+# and u_i (columns) reshaped so that <v_i, M_i u_i> = sum(L * u_i * v_i) (the authors' broadcasting layout).
 _FF_PERMUTE = ((0, 2, 1, 3), (0, 3, 1, 2), (0, 1, 2, 3), (1, 0, 2, 3))
-_FF_ROWS_DIMS = (2, 2, 1, 1)  # how many leading (permuted) axes index the rows of M_i
+_FF_ROWS = (2, 2, 1, 1)  # how many leading (permuted) axes index the rows
+# The same products in the authors' broadcasting form: M_i u_i = sum(L * u_i, axes_v), M_i^T v_i = sum(L * v_i, axes_u).
+_FF_SUM_AXES = (((1, 3), (0, 2)), ((1, 2), (0, 3)), ((1, 2, 3), (0,)), ((0, 2, 3), (1,)))
+
+
+def _ff_shapes(c: int, k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(u_i shape, v_i shape) of the four reshapes for a (c, c, k, k) kernel (the authors' state-dict shapes)."""
+    return [((1, c, 1, k), (c, 1, k, 1)), ((1, c, k, 1), (c, 1, 1, k)), ((1, c, k, k), (c, 1, 1, 1)),
+            ((c, 1, k, k), (1, c, 1, 1))]
+
+
+def ff_matrices(kernel: torch.Tensor) -> list[torch.Tensor]:
+    """The four Fantastic-Four reshapes ``M_1..M_4`` of a conv kernel (see the comment above)."""
+    out = []
+    for perm, rows in zip(_FF_PERMUTE, _FF_ROWS):
+        p = kernel.permute(*perm)
+        out.append(p.reshape(math.prod(p.shape[:rows]), -1))
+    return out
 
 
 def transpose_kernel(kernel: torch.Tensor) -> torch.Tensor:
@@ -84,22 +105,35 @@ def conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = F
     return z
 
 
+def spectral_norm_upper(m: torch.Tensor) -> float:
+    """Proven upper bound of ``||m||_2`` (float64): ``sqrt(lambda_max(G))`` for the Gram matrix ``G`` of the
+    smaller side, plus rounding slack: forming G errs by at most ``gamma_inner ||m||_F^2`` and ``eigvalsh`` is
+    backward stable (error <= ``p(n) u ||G||``; we allow ``p(n) = 10 n``)."""
+    m = m.detach().double()
+    g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    lam = float(torch.linalg.eigvalsh(g)[-1])
+    n, inner, u = g.shape[0], max(m.shape), 2.0 ** -53
+    fro2 = float((m * m).sum())
+    slack = 1.01 * ((inner + 2) * u * fro2 + 10 * n * u * max(abs(lam), fro2))
+    return math.sqrt(max(lam, 0.0) + slack)
+
+
 def fantastic_four_norm_bound(kernel: torch.Tensor) -> float:
     """Proven upper bound of the l2 operator norm of ``conv2d(., kernel)`` with zero padding, any input size.
 
-    ``sqrt(kh kw) * min_i ||M_i||_2`` over the four reshapes (Singla & Feizi, "Fantastic Four", Thm 1); every
-    ``||M_i||_2`` is computed exactly (singular values, float64), with a 1e-10 relative slack for the SVD.
+    ``sqrt(kh kw) * min_i ||M_i||_2`` over the four reshapes (Singla & Feizi, "Fantastic Four", Thm 1; zero
+    padding is a compression of a circular convolution), each norm bounded by :func:`spectral_norm_upper`.
+    For an exactly skew kernel ``||M_2|| = ||M_1||`` and ``||M_4|| = ||M_3||`` (a sign and a permutation), and for
+    k = 1 all four are the same matrix up to transposition, so fewer norms are computed.
     """
     w = kernel.detach().double()
     if not bool(torch.isfinite(w).all()):
         return math.inf
     kh, kw = w.shape[-2:]
-    norms = []
-    for perm, rows in zip(_FF_PERMUTE, _FF_ROWS_DIMS):
-        p = w.permute(*perm)
-        m = p.reshape(math.prod(p.shape[:rows]), -1)
-        norms.append(float(torch.linalg.matrix_norm(m, ord=2)))
-    return math.sqrt(kh * kw) * min(norms) * (1.0 + 1e-10)
+    mats = ff_matrices(w)
+    if kh == kw and w.shape[0] == w.shape[1] and torch.equal(w, -transpose_kernel(w)):
+        mats = [mats[2]] if kh == 1 else [mats[0], mats[2]]
+    return math.sqrt(kh * kw) * min(spectral_norm_upper(m) for m in mats)
 
 
 def _normalize(t: torch.Tensor, float32_norm: bool) -> torch.Tensor:
@@ -124,7 +158,9 @@ class SOCConv2d(LipschitzModule):
         update_iters: power iterations per training forward (1).
         update_freq: icml21 only: every ``update_freq``-th training forward (from the first, counted by a
             Python counter that restarts at 0 after construction) runs ``init_iters`` instead (200).
-        float32_norm: normalise power-iteration vectors with a float32 norm (the ICML'21 code's numerics).
+        float32_norm: normalise power-iteration vectors with a float32 norm and the authors' reductions (the
+            ICML'21 code's numerics). Only the train-mode vectors' last ~7 digits depend on it, and those also
+            depend on the machine's float32 summation order, so bitwise reproduction is not guaranteed.
     """
 
     def __init__(
@@ -173,10 +209,11 @@ class SOCConv2d(LipschitzModule):
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         corr = 1.0 if kernel_size == 1 else (d["correction"] if correction is None else float(correction))
         self.register_buffer("correction", torch.tensor([corr]))
-        for i, (v_axes, u_axes) in enumerate(_FF_AXES, start=1):
-            self.register_buffer(f"u{i}", torch.zeros(*(1 if a in u_axes else n for a, n in enumerate((C, C, k, k)))))
-            self.register_buffer(f"v{i}", torch.zeros(*(1 if a in v_axes else n for a, n in enumerate((C, C, k, k)))))
+        for i, (u_shape, v_shape) in enumerate(_ff_shapes(C, k), start=1):
+            self.register_buffer(f"u{i}", torch.zeros(u_shape))
+            self.register_buffer(f"v{i}", torch.zeros(v_shape))
         self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -201,15 +238,25 @@ class SOCConv2d(LipschitzModule):
 
     @torch.no_grad()
     def power_iteration(self, iters: int) -> None:
-        """``iters`` sweeps of the alternating power method on the four reshapes of L (in place on u/v)."""
+        """``iters`` sweeps of the alternating power method ``v_i <- M_i u_i / ||.||``, ``u_i <- M_i^T v_i / ||.||``
+        on the four reshapes of L, in the authors' order (in place on the u/v buffers)."""
         if iters <= 0:
             return
         with torch.autocast(device_type=self.weight.device.type, enabled=False):
             L = skew_kernel(self._param_for_math())
+            if self.float32_norm:
+                # ICML'21 numerics: its float32 norm turns float64 summation-order differences into ~1e-7
+                # jumps, so reproduce its exact reductions too (slower: full-kernel temporaries)
+                for _ in range(iters):
+                    for (u, v), (axes_v, axes_u) in zip(self._vectors(), _FF_SUM_AXES):
+                        v.copy_(_normalize((L * u.to(L.dtype)).sum(axes_v, keepdim=True), True))
+                        u.copy_(_normalize((L * v.to(L.dtype)).sum(axes_u, keepdim=True), True))
+                return
+            mats = ff_matrices(L)
             for _ in range(iters):
-                for (u, v), (v_axes, u_axes) in zip(self._vectors(), _FF_AXES):
-                    v.copy_(_normalize((L * u.to(L.dtype)).sum(v_axes, keepdim=True), self.float32_norm))
-                    u.copy_(_normalize((L * v.to(L.dtype)).sum(u_axes, keepdim=True), self.float32_norm))
+                for (u, v), m in zip(self._vectors(), mats):
+                    v.copy_(_normalize(m @ u.to(m.dtype).flatten(), False).view_as(v))
+                    u.copy_(_normalize(m.T @ v.to(m.dtype).flatten(), False).view_as(u))
 
     def update_sigma(self, iters: int | None = None) -> None:
         """Refresh the power-iteration vectors (``init_iters`` sweeps by default), in any mode."""
@@ -258,7 +305,11 @@ class SOCConv2d(LipschitzModule):
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
         """Proven l2 bound of the eval-mode map: ``1 + s^{K+1} / (K+1)!`` with ``s`` = :meth:`skew_norm_bound`
-        and ``K = eval_order`` (train mode uses fresh vectors and ``train_order``; it is not certified)."""
+        and ``K = eval_order`` (train mode uses fresh vectors and ``train_order``; it is not certified).
+        Cached in eval mode like the kernel (it costs a few seconds for C >= 1024)."""
+        return self._bound_cache.get(self._taylor_bound, extra=self.eval_order)
+
+    def _taylor_bound(self) -> float:
         s = self.skew_norm_bound()
         if not math.isfinite(s):
             return math.inf

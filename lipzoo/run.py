@@ -1,0 +1,97 @@
+"""The main job behind ``make run`` / ``lipzoo run``.
+
+1. list the registry;
+2. if weights are published: start the embedded local hub (olah on 127.0.0.1) serving ``hub/``, download the
+   best published model through ``huggingface_hub``, verify its claims on the CIFAR-10 test set and print claims
+   vs measured; stop the hub;
+3. otherwise: evaluate a registered model with random weights on the CIFAR-10 test set and say so.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _print_registry() -> None:
+    import lipzoo
+
+    archs = lipzoo.list_models()
+    families: dict[str, list[str]] = {}
+    for a in archs:
+        families.setdefault(lipzoo.models.ARCHS[a].family, []).append(a)
+    print(f"lipzoo {lipzoo.__version__}: {len(archs)} architectures")
+    for fam, names in sorted(families.items()):
+        print(f"  {fam:9s} {', '.join(names)}")
+    published = lipzoo.list_pretrained()
+    print(f"published weights: {', '.join(published) if published else 'none yet'}")
+
+
+def _best_published() -> str | None:
+    import lipzoo
+    from .models._builder import published_weights
+
+    pub = published_weights()
+    if not pub:
+        return None
+    def score(k: str) -> float:
+        claims = pub[k].get("claims") or {}
+        return float((claims.get("certified_accuracy") or {}).get("36/255", 0.0))
+    return max(pub, key=score)
+
+
+def _evaluate_random(n: int | None, data_root: str | None) -> int:
+    import lipzoo
+    from .data import CIFAR
+
+    name = "sll_xs"
+    print(f"\nevaluating {name} with RANDOM weights (no pretrained weights are published yet) on the CIFAR-10 test set")
+    torch.manual_seed(0)
+    model = lipzoo.create_model(name).eval()
+    ds = CIFAR("cifar10", "test", root=data_root)
+    x, y = ds.tensors(None if n is None else torch.arange(n).numpy())
+    t = time.time()
+    try:
+        from .certify import certify
+
+        res = certify(model, x, y)
+        print(f"n={res.n}  clean accuracy {100 * res.clean_accuracy:.2f}%  (random weights)")
+        for eps, acc in res.certified_accuracy.items():
+            print(f"  certified accuracy at eps={eps}: {100 * acc:.2f}%")
+    except ImportError:
+        with torch.no_grad():
+            pred = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
+        print(f"n={len(y)}  clean accuracy {100 * float((pred == y).float().mean()):.2f}%  (random weights)")
+    print(f"({time.time() - t:.1f} s)")
+    return 0
+
+
+def main_job(n: int | None = None, data_root: str | None = None) -> int:
+    _print_registry()
+    best = _best_published()
+    if best is None:
+        return _evaluate_random(n, data_root)
+    from .hub.server import LocalHub
+
+    print(f"\nstarting the local hub on 127.0.0.1 (serving {REPO_ROOT / 'hub'}) ...")
+    with LocalHub(root=REPO_ROOT / "hub") as hub:
+        env = dict(os.environ, HF_ENDPOINT=hub.endpoint)
+        print(f"HF_ENDPOINT={hub.endpoint}")
+        return _download_and_verify_in_subprocess(best, env, n)
+
+
+def _download_and_verify_in_subprocess(name: str, env: dict[str, str], n: int | None) -> int:
+    # huggingface_hub reads HF_ENDPOINT at import time: run the client in a fresh interpreter
+    import subprocess
+    import sys
+
+    code = (
+        "import lipzoo, sys\n"
+        "from lipzoo.hub.download import download_and_report\n"
+        f"sys.exit(download_and_report({name!r}))\n"
+    )
+    return subprocess.call([sys.executable, "-c", code], env=env)

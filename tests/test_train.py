@@ -1,0 +1,159 @@
+"""Training loop: determinism, exact resume, DDP equivalence (gloo on loopback), losses, CR."""
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file
+
+import lipzoo
+from lipzoo.train import get_recipe
+from lipzoo.train.augment import AugmentConfig, augment_batch
+from lipzoo.train.losses import TrainingLoss
+from lipzoo.train.loop import lr_factor, train
+
+TINY = dict(width=8, n_conv=1, n_dense=1, conv_inner_dim=4, dense_inner_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ["test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+        labels = rng.integers(0, 10, 16)
+        data = rng.integers(0, 256, (16, 3072), dtype=np.uint8)
+        data[:, :1024] = (labels[:, None] * 25).astype(np.uint8)  # a learnable signal in the red plane
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels.tolist()}, f)
+    return root
+
+
+def _recipe(**kw):
+    base = dict(model="sll_xs", model_args=TINY, epochs=2, batch_size=16, lr=0.01, augment="crop_flip_jitter",
+                checkpoint_minutes=1e9, seed=3)
+    base.update(kw)
+    return get_recipe("sll_cpu").replace(**base)
+
+
+def _params(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+
+
+def test_resume_is_exact(tmp_path, tiny_data):
+    r = _recipe()
+    train(r, tmp_path / "full", data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
+    out = train(r, tmp_path / "cut", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=4)
+    assert out["finished"] is False and out["step"] == 4
+    with pytest.raises(FileExistsError):
+        train(r, tmp_path / "cut", data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
+    train(r, tmp_path / "cut", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, resume=True)
+    a, b = _params(tmp_path / "full"), _params(tmp_path / "cut")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert (tmp_path / "full" / "model.safetensors").exists()
+    logs = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
+    assert len(logs) == 2
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, tiny_data):
+    r = _recipe()
+    train(r, tmp_path / "run", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=2)
+    with pytest.raises(ValueError, match="recipe changed"):
+        train(r.replace(lr=0.02), tmp_path / "run", data_root=str(tiny_data), fast=False, evaluate=False,
+              progress=False, resume=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, data_root: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    train(_recipe(), out, data_root=data_root, fast=False, evaluate=False, progress=False, device="cpu")
+    import torch.distributed as dist
+
+    dist.destroy_process_group()
+
+
+def test_ddp_two_processes_match_single_process(tmp_path, tiny_data):
+    train(_recipe(), tmp_path / "single", data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(tiny_data)), nprocs=2, join=True)
+    a, b = _params(tmp_path / "single"), _params(tmp_path / "ddp")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_fast_path_trains(tmp_path, tiny_data):
+    out = train(_recipe(epochs=1), tmp_path / "fast", data_root=str(tiny_data), fast=True, evaluate=False, progress=False)
+    assert out["finished"]
+    state = load_file(str(tmp_path / "fast" / "model.safetensors"))
+    assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_triangular_and_multistep_schedules():
+    r = _recipe(schedule="triangular")
+    assert lr_factor(0, 100, r, 10) == 0.0 and lr_factor(40, 100, r, 10) == pytest.approx(1.0)
+    assert lr_factor(80, 100, r, 10) == pytest.approx(0.05) and lr_factor(100, 100, r, 10) == 0.0
+    r = _recipe(schedule="multistep", milestones=(0.5, 0.75))
+    assert lr_factor(49, 100, r, 10) == 1.0 and lr_factor(50, 100, r, 10) == pytest.approx(0.1)
+    assert lr_factor(75, 100, r, 10) == pytest.approx(0.01)
+
+
+def test_augmentation_is_deterministic_and_in_range():
+    x = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    cfg = AugmentConfig(crop=4, pad_mode="reflect", flip=True, jitter=(0.1, (0.5, 2.0), (0.3, 2.0), 0.02))
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    a, b = augment_batch(x, cfg, g1), augment_batch(x, cfg, g2)
+    assert torch.equal(a, b) and a.shape == (8, 3, 32, 32)
+    assert float(a.min()) >= 0 and float(a.max()) <= 1
+    plain = augment_batch(x, AugmentConfig(crop=0, flip=False), g1)
+    assert torch.allclose(plain, x.permute(0, 3, 1, 2).float() / 255)
+
+
+def _fixed_batch():
+    torch.manual_seed(0)
+    model = lipzoo.create_model("sll_xs", **TINY)
+    x = torch.rand(32, 3, 32, 32)
+    y = torch.randint(0, 10, (32,))
+    return model, x, y
+
+
+@pytest.mark.parametrize("kind", ["xent", "ce", "multimargin"])
+def test_each_loss_decreases_on_a_fixed_batch(kind):
+    model, x, y = _fixed_batch()
+    loss_fn = TrainingLoss(kind)
+    opt = torch.optim.Adam(model.parameters(), 0.01)
+    first = None
+    for _ in range(30):
+        loss = loss_fn(model, model(x), y)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad(); loss.backward(); opt.step()
+    assert float(loss_fn(model, model(x), y)) < first
+
+
+def test_certificate_regularisation_increases_the_mean_margin():
+    from lipzoo import certify
+
+    def mean_radius(gamma: float) -> float:
+        model, x, y = _fixed_batch()
+        loss_fn = TrainingLoss("ce", cr_gamma=gamma)
+        opt = torch.optim.Adam(model.parameters(), 0.01)
+        for _ in range(40):
+            loss = loss_fn(model, model(x), y)
+            opt.zero_grad(); loss.backward(); opt.step()
+        with torch.no_grad():
+            return float(certify.label_radii(model, model(x), y).clamp_min(0).mean())
+
+    assert mean_radius(1.0) > mean_radius(0.0)
