@@ -1,0 +1,168 @@
+"""``lipzoo certify``, ``lipzoo audit`` and ``lipzoo verify``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="architecture (sll_xs) or published weights (sll_xs.cifar10)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", default=None, help="a local checkpoint (.safetensors, or --checkpoint-format)")
+    src.add_argument("--pretrained", action="store_true", help="download the published weights")
+    p.add_argument("--checkpoint-format", default=None, help="authors' format: sll, sll-legacy, lbdn, soc, soc-improved, lot")
+    p.add_argument("--dataset", choices=("cifar10", "cifar100"), default=None,
+                   help="default: from the claims (verify), else cifar10")
+    p.add_argument("--data", default=None, help="dataset root (default: LIPZOO_DATA, ../shared/data, download)")
+    p.add_argument("--batch-size", type=int, default=500)
+    p.add_argument("--dtype", choices=("float32", "float64"), default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+
+
+def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = True):
+    import lipzoo
+    from lipzoo.data import NUM_CLASSES
+
+    kwargs = {}
+    name = args.model
+    if not args.pretrained:
+        kwargs["num_classes"] = NUM_CLASSES[dataset]
+    else:
+        kwargs["verify"] = verify_download
+    model = lipzoo.create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
+                                checkpoint_format=args.checkpoint_format, **kwargs)
+    return model.eval()
+
+
+def _setup(args: argparse.Namespace) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def _dtype(args: argparse.Namespace, default: str = "float32"):
+    import torch
+
+    return getattr(torch, args.dtype or default)
+
+
+def _images(args: argparse.Namespace, dataset: str):
+    from lipzoo.data import CIFAR
+
+    ds = CIFAR(dataset, args.split, root=args.data)
+    x, y = ds.tensors()
+    if args.n is not None:
+        x, y = x[: args.n], y[: args.n]
+    return x, y
+
+
+# --------------------------------------------------------------------------------------------- certify
+def _certify(args: argparse.Namespace) -> int:
+    from lipzoo.certify import DEFAULT_EPS, certify, parse_eps, plot_certified_accuracy
+
+    _setup(args)
+    dataset = args.dataset or "cifar10"
+    model = _load_model(args, dataset)
+    x, y = _images(args, dataset)
+    eps = tuple(parse_eps(e) for e in args.eps) if args.eps else DEFAULT_EPS
+    result = certify(model, x, y, eps=eps, batch_size=args.batch_size, dtype=_dtype(args), progress=not args.quiet)
+    subset = "full" if args.n is None or args.n >= 10000 and len(y) == args.n and False else (
+        "full" if args.n is None else f"first_{len(y)}")
+    claims = result.to_claims(dataset=dataset, split=args.split, subset=subset)
+    print(f"{args.model} on {dataset}/{args.split} ({subset}, n={result.n})")
+    print(result.summary())
+    if args.json:
+        out = dict(claims)
+        out["model"] = args.model
+        out["checkpoint"] = args.checkpoint
+        out["seconds"] = round(result.seconds, 2)
+        if args.radii:
+            out["radii"] = result.radii.tolist()
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_certified_accuracy(result, args.plot, title=f"{args.model}: {dataset} {args.split}, n={result.n}")
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- audit
+def _audit(args: argparse.Namespace) -> int:
+    from lipzoo.audit import audit
+
+    _setup(args)
+    dataset = args.dataset or "cifar10"
+    model = _load_model(args, dataset)
+    x, y = _images(args, dataset)
+    report = audit(model, x, y, n_probe=args.n_probe, power_iters=args.power_iters, pgd_steps=args.pgd_steps,
+                   restarts=args.restarts, n_attack=args.n_attack, pair_steps=args.pair_steps, deep=args.deep,
+                   dtype=_dtype(args))
+    print(report.summary())
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+        print(f"wrote {args.json}")
+    return 0 if report.ok else 1
+
+
+# ---------------------------------------------------------------------------------------------- verify
+def _verify(args: argparse.Namespace) -> int:
+    from lipzoo.verify import load_claims, verify
+
+    _setup(args)
+    claims = load_claims(args.claims)
+    dataset = args.dataset or claims.get("dataset", "cifar10")
+    if dataset != claims.get("dataset", dataset):
+        print(f"lipzoo verify: --dataset {dataset} but the claims are for {claims.get('dataset')}", file=sys.stderr)
+        return 2
+    model = _load_model(args, dataset, verify_download=False)
+    dtype = _dtype(args, claims.get("dtype", "float32")) if args.dtype else None
+    report = verify(model, claims, mode="quick" if args.quick else "full", root=args.data,
+                    batch_size=args.batch_size, dtype=dtype, progress=not args.quiet, name=args.model)
+    print(report.to_markdown())
+    if args.json:
+        report.to_json(args.json)
+        print(f"wrote {args.json}")
+    return 0 if report.passed else 1
+
+
+def register(sub) -> None:
+    p = sub.add_parser("certify", help="certified accuracy of a model on a CIFAR test set (table, JSON, plot)",
+                       description="Certify MODEL with the shared certifier: clean and certified accuracy at each eps, "
+                                   "the claims record as JSON (--json) and the certified-accuracy curve (--plot).")
+    _add_model_args(p)
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--n", type=int, default=None, help="only the first N images (claims subset 'first_N')")
+    p.add_argument("--eps", nargs="+", default=None, help="radii, e.g. 36/255 72/255 0.5 (default 36,72,108,255 /255)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the claims record (and --radii) to OUT")
+    p.add_argument("--radii", action="store_true", help="include the per-sample radii in --json")
+    p.add_argument("--plot", default=None, metavar="OUT.png", help="plot certified accuracy vs eps")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_certify)
+
+    p = sub.add_parser("audit", help="independent checks: per-layer power iteration, Lipschitz ratio search, PGD "
+                                     "inside certified radii; exit code 1 if a claim is refuted")
+    _add_model_args(p)
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--n", type=int, default=512, help="test images used (default 512)")
+    p.add_argument("--n-probe", type=int, default=16)
+    p.add_argument("--power-iters", type=int, default=30)
+    p.add_argument("--pgd-steps", type=int, default=100)
+    p.add_argument("--restarts", type=int, default=4)
+    p.add_argument("--n-attack", type=int, default=128)
+    p.add_argument("--pair-steps", type=int, default=50)
+    p.add_argument("--deep", action="store_true", help="also check every nested module that states a bound")
+    p.add_argument("--json", default=None, metavar="OUT")
+    p.set_defaults(func=_audit)
+
+    p = sub.add_parser("verify", help="re-certify and compare with a claims record (results.json, claims.json); "
+                                      "exit code 1 if a claim fails")
+    _add_model_args(p)
+    p.add_argument("--claims", required=True, help="claims.json, or a results.json holding 'claims'")
+    p.add_argument("--quick", action="store_true",
+                   help="1000-image stratified subset, 99.9%% Clopper-Pearson test (default: full split, 0.1 pp)")
+    p.add_argument("--json", default=None, metavar="OUT", help="write the verification report")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_verify)
