@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +46,14 @@ def resolve_name(name: str) -> str:
     return f"{arch}.{tag}" if tag else arch
 
 
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
 def list_models(pattern: str = "*") -> list[str]:
-    """Registered lipzoo architectures matching a shell-style ``pattern`` (hyphens accepted)."""
+    """Registered lipzoo architectures matching a shell-style ``pattern`` (hyphens accepted), natural order."""
     pattern = pattern.lower().replace("-", "_")
-    return sorted(a for a in ARCHS if fnmatch.fnmatch(a, pattern))
+    return sorted((a for a in ARCHS if fnmatch.fnmatch(a, pattern)), key=_natural_key)
 
 
 def list_pretrained(pattern: str = "*") -> list[str]:

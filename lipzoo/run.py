@@ -60,8 +60,10 @@ def _evaluate_random(n: int | None, data_root: str | None) -> int:
 
         res = certify(model, x, y)
         print(f"n={res.n}  clean accuracy {100 * res.clean_accuracy:.2f}%  (random weights)")
+        from .certify import eps_label
+
         for eps, acc in res.certified_accuracy.items():
-            print(f"  certified accuracy at eps={eps}: {100 * acc:.2f}%")
+            print(f"  certified accuracy at eps={eps_label(float(eps))}: {100 * acc:.2f}%")
     except ImportError:
         with torch.no_grad():
             pred = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])

@@ -329,7 +329,7 @@ def verify(
             crit = f"in 99.9% CP [{100 * lo:.2f}, {100 * hi:.2f}]%"
         else:
             ok = abs(measured - claimed) <= ACCURACY_TOLERANCE + 1e-12
-            crit = f"|diff| <= {100 * ACCURACY_TOLERANCE:.1f} pp"
+            crit = f"within ±{100 * ACCURACY_TOLERANCE:.1f} pp"
         checks.append(Check(row_name, claimed, measured, measured - claimed, crit, ok))
 
     return VerificationReport(model=name or type(model).__name__, dataset=dataset, split=split,

@@ -34,39 +34,9 @@ FILES = {"README.md", "config.json", "model.safetensors", "certified_accuracy.pn
 if find_root("cifar10") is None:
     pytest.skip("the hub tests certify on CIFAR-10: no local copy found (set LIPZOO_DATA)", allow_module_level=True)
 
-# Runs first in every child. Until lipzoo/verify.py exists, a minimal stand-in with the same contract
-# (re-certify the claimed subset, fail when any measured accuracy is below its claim) takes its place.
-PRELUDE = textwrap.dedent(f'''
-    import json, os, sys, time, types
-    if not os.path.exists({str(ROOT / "lipzoo" / "verify.py")!r}):  # checked without importing lipzoo (torch)
-        from dataclasses import dataclass, field
-
-        @dataclass
-        class VerificationReport:
-            passed: bool
-            claims: dict
-            measured: dict = field(default_factory=dict)
-            mode: str = "quick"
-
-            def to_dict(self):
-                return {{"passed": self.passed, "mode": self.mode, "claims": self.claims, "measured": self.measured}}
-
-            def to_markdown(self):
-                return f"claimed {{self.claims['certified_accuracy']}} / measured {{self.measured['certified_accuracy']}}"
-
-        def verify(model, claims, data=None, mode="full"):
-            from lipzoo.certify import certify
-            from lipzoo.data import CIFAR
-            x, y = CIFAR(claims["dataset"], "test").tensors()
-            n = claims["n"] if claims.get("subset") != "full" or mode == "full" else 500
-            m = certify(model, x[:n], y[:n]).to_claims(claims["dataset"], "test", claims.get("subset", "full"))
-            ok = m["clean_accuracy"] >= claims["clean_accuracy"] - 1e-9 and all(
-                m["certified_accuracy"][k] >= v - 1e-9 for k, v in claims["certified_accuracy"].items())
-            return VerificationReport(ok, claims, m, mode)
-
-        stand_in = types.ModuleType("lipzoo.verify")
-        stand_in.verify, stand_in.VerificationReport = verify, VerificationReport
-        sys.modules["lipzoo.verify"] = stand_in
+# Runs first in every child: helpers to digest weights, catch errors and report back as JSON.
+PRELUDE = textwrap.dedent('''
+    import json, time
 
     def state_digest(model):
         import hashlib
@@ -79,9 +49,9 @@ PRELUDE = textwrap.dedent(f'''
         t = time.monotonic()
         try:
             fn()
-            return {{"ok": True, "seconds": time.monotonic() - t}}
+            return {"ok": True, "seconds": time.monotonic() - t}
         except Exception as e:
-            return {{"ok": False, "type": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t}}
+            return {"ok": False, "type": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t}
 
     def emit(obj):
         print("RESULT " + json.dumps(obj), flush=True)
@@ -98,10 +68,12 @@ def run_child(code: str, env: dict[str, str], timeout: float = 240) -> dict:
 
 
 def child_env(ctx: dict, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LIPZOO_"))}
+    """The environment of a child: no inherited HF_*/LIPZOO_* settings except the data root; verification in
+    its automatic mode (quick, since the claims are on a subset)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "LIPZOO_")) or k == "LIPZOO_DATA"}
     env.update(HF_ENDPOINT=ctx["endpoint"], HF_HOME=str(ctx["tmp"] / "hf-home"), HF_HUB_DISABLE_TELEMETRY="1",
                LIPZOO_PUBLISHED_JSON=str(ctx["published_json"]), LIPZOO_CACHE=str(ctx["cache"]),
-               LIPZOO_VERIFY="quick", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+               OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     env.update(extra)
     return env
 
@@ -215,7 +187,7 @@ def test_publish_writes_repo_registry_and_uploads(ctx):
     assert block["sha256"] == sha256(folder / "model.safetensors") == entry["sha256"]
     assert block["family"] == "sll" and block["training"]["recipe"]["name"] == "sll_cpu"
     claims = block["claims"]
-    assert claims == entry["claims"] and claims["subset"] == "quick" and claims["n"] == QUICK_N
+    assert claims == entry["claims"] and claims["subset"] == f"first_{QUICK_N}" and claims["n"] == QUICK_N
     assert set(claims["certified_accuracy"]) == {"36/255", "72/255", "108/255", "255/255"}
     # revision: the deterministic snapshot of the folder, which is what the hub serves after the upload
     assert entry["revision"] == snapshot_revision(folder, REPO_ID) == ctx["hub"].status()["repos"][REPO_ID]
@@ -240,7 +212,7 @@ def test_card_parses_back_to_the_claims(ctx):
     assert [r.metric_args["norm"] for r in certified] == ["L2"] * 4
     text = card.text
     for needle in ("## Certified robustness", "certified_accuracy.png", "lipzoo publish", "hf-hub:" + REPO_ID,
-                   "torch.hub.load", ctx["entry"]["sha256"], "lipzoo train --recipe sll_cpu", "quick subset of 200"):
+                   "torch.hub.load", ctx["entry"]["sha256"], "lipzoo train --recipe sll_cpu", "the first 200 test images"):
         assert needle in text, needle
 
 
@@ -396,6 +368,7 @@ def test_bad_files_and_inflated_claims_are_refused(ctx, honest, tmp_path):
     registry = json.loads(ctx["published_json"].read_text())
     for name in ("truncated", "inflated", "pickled"):
         registry[f"sll_xs.{name}"] = {**ctx["entry"], "hf_hub_id": f"lipzoo/sll_xs.{name}", "revision": None}
+    registry["sll_xs.stale"] = {**ctx["entry"], "revision": "f" * 40}  # a pin the hub does not have
     evil_json = tmp_path / "evil.json"
     evil_json.write_text(json.dumps(registry))
 
@@ -425,6 +398,7 @@ def test_bad_files_and_inflated_claims_are_refused(ctx, honest, tmp_path):
             out[name + "_left"] = left(f"lipzoo/sll_xs.{{name}}")
         out["unlisted"] = attempt(lambda: load_pretrained(lipzoo.create_model("sll_xs"), {{"hf_hub_id": "lipzoo/sll_xs.unlisted"}}))
         out["unlisted_left"] = left("lipzoo/sll_xs.unlisted")
+        out["stale"] = attempt(lambda: lipzoo.create_model("sll_xs.stale", pretrained=True))
         out["pickle_name"] = attempt(lambda: load_pretrained(lipzoo.create_model("sll_xs"),
                                      {{"hf_hub_id": "{REPO_ID}", "hf_hub_filename": "pytorch_model.bin"}}))
         emit(out)
@@ -437,6 +411,8 @@ def test_bad_files_and_inflated_claims_are_refused(ctx, honest, tmp_path):
     assert out["pickled"]["type"] == "PickleRefusedError"
     assert out["unlisted"]["type"] == "IntegrityError" and "declares" in out["unlisted"]["message"]
     assert out["pickle_name"]["type"] == "PickleRefusedError" and out["pickle_name"]["seconds"] < 1
+    assert out["stale"]["type"] == "HubError" and "does not have revision" in out["stale"]["message"]
+    assert out["stale"]["seconds"] < 10
     for name in ("truncated", "inflated", "pickled", "unlisted"):
         assert out[name + "_left"] == [], (name, out[name + "_left"])
     # only the pinned good file stays cached for the published repo: one blob for weights, one for config
@@ -503,6 +479,28 @@ def test_offline_after_the_hub_stops(ctx, honest, tmp_path):
     for key in ("offline_uncached", "down_uncached"):
         assert out[key]["type"] == "HubUnreachableError", out[key]
         assert "no cached copy" in out[key]["message"] and out[key]["seconds"] < 10
+
+
+def test_verification_mode(monkeypatch):
+    from lipzoo.hub import download as D
+
+    full, subset = {"dataset": "cifar10", "subset": "full"}, {"dataset": "cifar10", "subset": "first_200"}
+    monkeypatch.delenv("LIPZOO_VERIFY", raising=False)
+    monkeypatch.setattr("lipzoo.data.find_root", lambda name="cifar10", root=None: Path("/data"))
+    assert D.verification_mode(None, full) == "full" and D.verification_mode(None, subset) == "quick"
+    assert D.verification_mode("quick", full) == "quick" and D.verification_mode("full", subset) == "quick"
+    assert D.verification_mode(False, full) == D.verification_mode("0", full) == "off"
+    monkeypatch.setenv("LIPZOO_VERIFY", "quick")
+    assert D.verification_mode(None, full) == "quick" and D.verification_mode("full", full) == "full"
+    monkeypatch.setenv("LIPZOO_VERIFY", "sometimes")
+    with pytest.raises(ValueError, match="0|quick|full"):
+        D.verification_mode(None, full)
+    monkeypatch.delenv("LIPZOO_VERIFY")
+    monkeypatch.setattr("lipzoo.data.find_root", lambda name="cifar10", root=None: None)
+    with pytest.warns(RuntimeWarning, match="NOT verified"):
+        assert D.verification_mode(None, full) == "off"
+    with pytest.raises(D.HubError, match="needs a local copy"):
+        D.verification_mode("full", full)
 
 
 def test_cli_parses_hub_commands():

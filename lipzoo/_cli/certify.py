@@ -69,8 +69,7 @@ def _certify(args: argparse.Namespace) -> int:
     x, y = _images(args, dataset)
     eps = tuple(parse_eps(e) for e in args.eps) if args.eps else DEFAULT_EPS
     result = certify(model, x, y, eps=eps, batch_size=args.batch_size, dtype=_dtype(args), progress=not args.quiet)
-    subset = "full" if args.n is None or args.n >= 10000 and len(y) == args.n and False else (
-        "full" if args.n is None else f"first_{len(y)}")
+    subset = "full" if args.n is None else f"first_{len(y)}"
     claims = result.to_claims(dataset=dataset, split=args.split, subset=subset)
     print(f"{args.model} on {dataset}/{args.split} ({subset}, n={result.n})")
     print(result.summary())

@@ -34,7 +34,6 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    from ..hub.publish import QUICK_N
     from ..hub.server import add_arguments
 
     hub = sub.add_parser("hub", help="the local Hugging Face hub (serves hub/ on 127.0.0.1)")
@@ -61,6 +60,7 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="dataset root (default: LIPZOO_DATA, ../shared/data, download)")
     p.add_argument("--batch-size", type=int, default=250)
     p.add_argument("--no-upload", action="store_true", help="write hub/ and published.json only")
-    p.add_argument("--quick", action="store_true", help="certify only the first --quick-n test images (tests only)")
-    p.add_argument("--quick-n", type=int, default=QUICK_N, help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true",
+                   help="certify only lipzoo.verify's quick subset of 1000 test images (tests only)")
+    p.add_argument("--quick-n", type=int, default=None, help="with --quick: the first N test images instead")
     p.set_defaults(func=_publish)

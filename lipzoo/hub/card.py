@@ -163,17 +163,21 @@ def render_card(
                + ". Every number on this card was measured by lipzoo's certifier and is re-checked on download.")
     subset = claims.get("subset", "full")
     rows = [{"label": k, "value": f"{float(claims['eps'][k]):.4f}", "accuracy": _pct(v)} for k, v in cert.items()]
-    n_quick = f"[:{claims['n']}]" if subset != "full" else ""
-    reproduce = "\n".join([
-        "python - <<'EOF'",
-        "import lipzoo",
-        "from lipzoo.certify import certify",
-        "from lipzoo.data import CIFAR",
-        f"model = lipzoo.create_model({model_id!r}, pretrained=True)",
-        f"images, labels = CIFAR({dataset!r}, 'test').tensors()",
-        f"print(certify(model, images{n_quick}, labels{n_quick}).to_claims({dataset!r}, 'test', {subset!r}))",
-        "EOF",
-    ])
+    if subset == "full" or subset.startswith("first_"):
+        reproduce = f"lipzoo certify {model_id} --pretrained" + (f" --n {claims['n']}" if subset != "full" else "")
+    else:  # lipzoo.verify's stratified quick subset
+        reproduce = "\n".join([
+            "python - <<'EOF'",
+            "import lipzoo",
+            "from lipzoo.certify import certify",
+            "from lipzoo.data import CIFAR",
+            "from lipzoo.verify import quick_subset_indices",
+            f"model = lipzoo.create_model({model_id!r}, pretrained=True)",
+            f"images, labels = CIFAR({dataset!r}, 'test').tensors()",
+            "idx = quick_subset_indices(labels)",
+            f"print(certify(model, images[idx], labels[idx]).to_claims({dataset!r}, 'test', 'quick'))",
+            "EOF",
+        ])
     scope = "input normalisation and body" if claims.get("head_rule", "lln") != "lipschitz" else "whole network"
     norm = float(stats["norm_factor"])
     norm_effect = ("the std is 1, so the normalisation does not change the radius." if abs(norm - 1) < 1e-12 else
@@ -181,6 +185,8 @@ def render_card(
     card = ModelCard.from_template(
         card_data, template_path=str(template),
         model_id=model_id, repo_id=repo_id, arch=arch, summary=summary, quick_subset=subset != "full",
+        subset_description="lipzoo.verify's quick subset (100 images per class)" if subset == "quick"
+        else f"the first {claims['n']} test images",
         family_upper=family.upper(), description=info.get("description", ""), paper=info.get("paper", ""),
         bibtex=info.get("bibtex"), dataset_name=DATASET_NAMES.get(dataset, dataset), num_classes=claims.get("num_classes") or
         {"cifar10": 10, "cifar100": 100}.get(dataset, "?"),

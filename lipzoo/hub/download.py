@@ -100,7 +100,12 @@ def _endpoint() -> str:
 def _fetch(repo_id: str, revisions: list[str | None], cache_dir: str | None) -> tuple[str, str, str | None]:
     """Download config.json and model.safetensors; returns their paths and the revision used."""
     from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     from .server import endpoint_reachable
 
@@ -124,6 +129,9 @@ def _fetch(repo_id: str, revisions: list[str | None], cache_dir: str | None) -> 
                 raise HubError(f"could not download {repo_id}@{rev or 'main'} from {endpoint}: {e}") from e
             last = e
             continue
+        except EntryNotFoundError as e:
+            raise HubError(f"{repo_id}@{rev or 'main'} on {endpoint} has no {CONFIG} or {WEIGHTS}; lipzoo loads only "
+                           "repos in its published layout (safetensors weights, never pickles)") from e
         if unreachable:
             warnings.warn(f"the hub at {endpoint} is unreachable; using the cached copy of {repo_id}@{rev or 'main'}",
                           RuntimeWarning, stacklevel=4)
@@ -135,7 +143,11 @@ def _fetch(repo_id: str, revisions: list[str | None], cache_dir: str | None) -> 
             f"cached copy in {cache_dir or constants.HF_HUB_CACHE}. Start the local hub (`lipzoo hub serve`, then "
             "export HF_ENDPOINT=http://127.0.0.1:<port>), connect to the Hugging Face Hub, or unset HF_HUB_OFFLINE."
         ) from last
-    raise HubError(f"none of the pinned revisions {revisions} of {repo_id} exists on {endpoint}: {last}") from last
+    raise HubError(
+        f"the hub at {endpoint} does not have revision {' or '.join(r or 'main' for r in revisions)} of {repo_id}, "
+        "which lipzoo's published.json pins: it serves another version of the repo. Serve the hub/ folder that "
+        "matches this lipzoo (`lipzoo hub serve`), or pass revision='main' to take the hub's current version "
+        "(its sha256 is still checked)") from last
 
 
 def verification_mode(verify: bool | str | None, claims: Mapping[str, Any]) -> str:
@@ -148,17 +160,17 @@ def verification_mode(verify: bool | str | None, claims: Mapping[str, Any]) -> s
     from ..data import DataNotFoundError, find_root
 
     value = verify if verify is not None else os.environ.get("LIPZOO_VERIFY")
-    explicit = value is not None and value is not True and value != ""
-    if value is False or str(value).lower() in ("0", "off", "false", "no", "skip", "none"):
+    text = "auto" if value is None or value is True or value == "" else str(value).lower()
+    if value is False or text in ("0", "off", "false", "no", "skip"):
         return "off"
-    if explicit and str(value).lower() not in ("quick", "full", "1", "true", "auto"):
+    if text not in ("quick", "full", "1", "true", "auto"):
         raise ValueError(f"verify must be one of 0|quick|full (argument verify= or LIPZOO_VERIFY), got {value!r}")
     dataset = claims.get("dataset", "cifar10")
     try:
         have_data = find_root(dataset) is not None
     except DataNotFoundError:
         have_data = False
-    requested = str(value).lower() if explicit and str(value).lower() in ("quick", "full") else None
+    requested = text if text in ("quick", "full") else None
     if not have_data:
         if requested:
             raise HubError(f"verify={requested!r} needs a local copy of the {dataset} test set (set LIPZOO_DATA), "
@@ -215,7 +227,7 @@ def _verify_once(model: nn.Module, claims: Mapping[str, Any], mode: str, sha256:
 
         was_training = model.training
         try:
-            report = verify(model.eval(), dict(claims), mode=mode)
+            report = verify(model.eval(), dict(claims), mode=mode, name=f"{repo_id}@{revision or 'main'}")
         finally:
             model.train(was_training)
         if not report.passed:

@@ -9,7 +9,7 @@ One published model ``<arch>.<tag>`` is the repo ``lipzoo/<arch>.<tag>`` (timm's
 * ``README.md``: the model card (:mod:`lipzoo.hub.card`) and ``certified_accuracy.png``.
 
 The claims are always **measured** here, with the shared certifier on the full test set (``quick=True``
-measures a prefix of the test set, for tests only). The repo folder is written to ``<hub_dir>/<org>/<name>``
+measures ``lipzoo.verify``'s quick subset, or the first ``quick_n`` images, for tests only). The repo folder is written to ``<hub_dir>/<org>/<name>``
 by building it beside the old one and swapping it in, so an existing repo is never left half-written.
 """
 from __future__ import annotations
@@ -28,10 +28,8 @@ from urllib.parse import urlsplit
 
 from .snapshot import REPO_ROOT, GitUnavailableError, check_repo_id, hub_dir, replace_dir, sha256_file, snapshot_revision
 
-__all__ = ["publish", "PublishResult", "PublishError", "record_published", "published_json_path", "QUICK_N",
-           "resolve_endpoint"]
+__all__ = ["publish", "PublishResult", "PublishError", "record_published", "published_json_path", "resolve_endpoint"]
 
-QUICK_N = 500
 LOCAL_TOKEN = "lipzoo-local-hub"  # sent to loopback hubs instead of a real token
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -202,7 +200,7 @@ def publish(
     results: str | os.PathLike | None = None,
     hub: str | os.PathLike | None = None,
     quick: bool = False,
-    quick_n: int = QUICK_N,
+    quick_n: int | None = None,
     data_root: str | os.PathLike | None = None,
     batch_size: int = 250,
     upload: bool = True,
@@ -222,9 +220,12 @@ def publish(
         results: the training run's ``results.json`` (recipe, git revision); default: next to the checkpoint.
             Its claims are never copied: they are compared with the measurement.
         hub: the hub folder (default ``$LIPZOO_HUB_DIR`` or the project's ``hub/``).
-        quick: certify only the first ``quick_n`` test images (for tests; refused for the project's own
-            ``hub/`` and ``published.json``).
+        quick: certify only ``lipzoo.verify``'s quick subset (1000 stratified test images; subset ``"quick"``)
+            or, with ``quick_n``, the first ``quick_n`` images (subset ``"first_<n>"``). For tests: refused for
+            the project's own ``hub/`` and ``published.json``.
     """
+    import torch
+
     from .. import __version__
     from .._registry import create_model, resolve_name
     from ..certify import certify, plot_certified_accuracy
@@ -262,10 +263,16 @@ def publish(
     # 2. claims: measured, never copied
     data = CIFAR(dataset, "test", root=data_root)
     images, labels = data.tensors()
-    if quick:
-        images, labels = images[:quick_n], labels[:quick_n]
+    subset = "full"
+    if quick and quick_n:
+        images, labels, subset = images[:quick_n], labels[:quick_n], f"first_{min(quick_n, len(labels))}"
+    elif quick:
+        from ..verify import quick_subset_indices
+
+        idx = torch.from_numpy(quick_subset_indices(labels))
+        images, labels, subset = images[idx], labels[idx], "quick"
     result = certify(model, images, labels, batch_size=batch_size)
-    claims = result.to_claims(dataset, "test", "quick" if quick else "full")
+    claims = result.to_claims(dataset, "test", subset)
     trained = (record or {}).get("claims") or {}
     if trained and trained.get("subset") == claims["subset"] and trained.get("n") == claims["n"]:
         diffs = [k for k in claims["certified_accuracy"] if abs(trained.get("certified_accuracy", {}).get(k, -1) - claims["certified_accuracy"][k]) > 1e-9]
@@ -300,7 +307,7 @@ def publish(
                                 title=f"{model_id}: {DATASET_NAMES[dataset]} test, n={claims['n']}")
         command = f"lipzoo publish {checkpoint} --arch {arch} --tag {tag}"
         command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
-        command += " --quick" if quick else ""
+        command += (" --quick" + (f" --quick-n {quick_n}" if quick_n else "")) if quick else ""
         card = render_card(
             repo_id=repo_id, arch=arch, tag=tag, claims=claims, stats=model_stats(model), sha256=sha,
             info={"family": info.family, "paper": info.paper, "description": info.description,

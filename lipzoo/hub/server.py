@@ -11,7 +11,9 @@ FastAPI app, a few routes make ``HfApi.create_repo`` / ``upload_folder`` / ``upl
   (its sha depends on the files only; the client's commit message is not stored) and writes the repo
   folder back under the root, so the upload survives a restart;
 * ``POST /api/validate-yaml``; ``GET/HEAD /api/models/{org}/{name}`` (model info without a revision);
-* ``GET /api/lipzoo-local/status``: readiness and the served revisions.
+* ``GET /api/lipzoo-local/status``: readiness and the served revisions;
+* downloads of an unknown revision or file get HF's 404 answers (``X-Error-Code: RevisionNotFound`` /
+  ``EntryNotFound``) instead of olah's 500/401, so clients fail fast with the right error.
 
 Only ``main`` of model repos can be written; LFS uploads are refused.
 
@@ -22,6 +24,7 @@ import argparse
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,6 +43,7 @@ __all__ = ["DEFAULT_PORT", "LocalHub", "serve", "build_mirrors", "free_port", "e
 
 DEFAULT_PORT = 18090
 STATUS_ROUTE = "/api/lipzoo-local/status"
+_RESOLVE = re.compile(r"^/(?:models/)?([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$")
 
 
 def free_port() -> int:
@@ -138,6 +142,19 @@ def _apply_commit(root: Path, mirrors: Path, repo_id: str, lines: list[dict[str,
         return sha
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _missing(git_dir: Path, revision: str, path: str) -> tuple[str, str] | None:
+    """``(X-Error-Code, message)`` when ``revision`` or ``path`` at it does not exist in a mirror, else ``None``."""
+    try:
+        run_git(["rev-parse", "--verify", "-q", f"{revision}^{{commit}}"], git_dir)
+    except RuntimeError:
+        return "RevisionNotFound", f"Invalid rev id: {revision}"
+    try:
+        run_git(["cat-file", "-e", f"{revision}:{path}"], git_dir)
+    except RuntimeError:
+        return "EntryNotFound", f"{path} does not exist at revision {revision}"
+    return None
 
 
 def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
@@ -262,6 +279,20 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
 
     ours = list(router.routes)
     app.router.routes[:0] = ours  # before olah's routes, which would match these paths first
+
+    @app.middleware("http")
+    async def not_found_like_hf(request: Request, call_next):
+        from urllib.parse import unquote
+
+        match = _RESOLVE.match(request.url.path)
+        if match and request.method in ("GET", "HEAD"):
+            org, name, revision, path = (unquote(g) for g in match.groups())
+            git_dir = mirrors / "models" / org / name
+            if ".." not in (org, name) and (git_dir / ".git").is_dir():
+                problem = await run_in_threadpool(_missing, git_dir, revision, path)
+                if problem:
+                    return error(404, problem[1], problem[0])
+        return await call_next(request)
 
 
 # ----------------------------------------------------------------------------------------------- serving

@@ -60,6 +60,8 @@ class LLN(nn.Module):
 
 __all__ += ["MLPHead", "thresholded_softplus"]
 
+from contextlib import nullcontext  # noqa: E402  (appended section)
+
 
 def thresholded_softplus(x: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
     """The improved repo's softplus: with ``z = beta x``, ``(relu(z) + log1p(exp(-|z|)) [|z| < threshold]) / beta``.
@@ -110,7 +112,10 @@ class MLPHead(nn.Module):
     @torch.no_grad()
     def power_iteration(self, iters: int) -> None:
         """``iters`` alternating power-method steps on ``fc1.weight`` (in place on ``_u``/``_v``)."""
-        with torch.autocast(device_type=self.fc1.weight.device.type, enabled=False):
+        if self.fc1.weight.is_meta:
+            return
+        dev = self.fc1.weight.device.type
+        with torch.autocast(device_type=dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext():
             w = self.fc1.weight
             w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
             for _ in range(iters):

@@ -56,22 +56,25 @@ def lot_orthogonalize(v: torch.Tensor, iters: int, eps: float = 1e-4) -> torch.T
     *approximately* 1 (``sigma / sqrt(sigma^2 + eps)``, less where the iteration has not converged). Callers
     that need a proven bound measure the result (see :meth:`LOTConv2d.lipschitz_bound`).
     """
-    c_out = v.shape[-2]
+    batch_shape, (c_out, c_in) = v.shape[:-2], v.shape[-2:]
+    v = v.reshape(-1, c_out, c_in)
     eye = torch.eye(c_out, dtype=v.dtype, device=v.device)
-    s = v @ v.mH + eps * eye
+    s = torch.baddbmm(eps * eye, v, v.mH)  # V V^H + eps I
     nu = torch.linalg.matrix_norm(s, keepdim=True) + eps  # Frobenius norm, per matrix
     if iters <= 0:
-        return v / nu.sqrt()
+        return (v / nu.sqrt()).reshape(*batch_shape, c_out, c_in)
     s = s / nu
-    # first step with Z0 = I written out (I @ Y and M @ I are exact); the last Y update is never used
-    z = 0.5 * (3.0 * eye - s)
-    y = s @ z
+    # M = (3I - Z Y) / 2 as one fused 1.5 I - 0.5 Z Y (scaling by 1/2 is exact). The first step has Z0 = I
+    # (I @ Y and M @ I are exact) and the last Y update is never used.
+    half3 = 1.5 * eye
+    z = half3 - 0.5 * s
+    y = torch.bmm(s, z)
     for step in range(1, iters):
-        m = 0.5 * (3.0 * eye - z @ y)
+        m = torch.baddbmm(half3, z, y, alpha=-0.5)
         if step < iters - 1:
-            y = y @ m
-        z = m @ z
-    return (z @ v) / nu.sqrt()
+            y = torch.bmm(y, m)
+        z = torch.bmm(m, z)
+    return (torch.bmm(z, v) / nu.sqrt()).reshape(*batch_shape, c_out, c_in)
 
 
 @lru_cache(maxsize=64)
@@ -82,7 +85,9 @@ def _fft_shift_cached(nh: int, nw: int, s: int, dtype: torch.dtype, device: str)
     return torch.polar(torch.ones_like(angle), angle).to(dtype=dtype, device=device)
 
 
-def fft_shift(nh: int, nw: int, s: int, dtype: torch.dtype = torch.complex64, device: torch.device | str = "cpu") -> torch.Tensor:
+def fft_shift(
+    nh: int, nw: int, s: int, dtype: torch.dtype = torch.complex64, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """``exp(2 pi i s (u/nh + v/nw))`` on the rfft half plane (``nh x (nw//2 + 1)``); cached per size.
 
     Multiplying the spectrum by it shifts the circular correlation by ``s`` pixels (``s = -(k//2)`` centres a
@@ -103,9 +108,11 @@ def _imag_mask_cached(nh: int, nw: int, dtype: torch.dtype, device: str) -> torc
 
 def _realify_self_conjugate(vf: torch.Tensor, nw: int) -> torch.Tensor:
     """Zero the imaginary part at the self-conjugate frequencies ``(u, v) = (-u, -v) mod n`` of a spectrum
-    (..., nh, nw//2+1) of real data on an nh x nw grid, where it is zero in exact arithmetic. Besides exactness this matters
-    for speed: round-off-sized imaginary parts multiplied together in complex GEMMs (Newton-Schulz and its
-    backward) underflow to subnormal numbers, which made CPU training ~3x slower."""
+    (..., nh, nw//2+1) of real data on an nh x nw grid, where it is zero in exact arithmetic.
+
+    Besides exactness this matters for speed: round-off-sized imaginary parts multiplied together in complex
+    GEMMs (Newton-Schulz and its backward) underflow to subnormal numbers, which made CPU training ~3x slower.
+    """
     mask = _imag_mask_cached(vf.shape[-2], nw, vf.real.dtype, str(vf.device))
     return torch.complex(vf.real, vf.imag * mask)
 
@@ -122,22 +129,17 @@ def _real_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
-def _frequency_matmul(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``z[b, :, f] = W_f x[b, :, f]`` for w (F, c_out, c_in), x (B, c_in, F): one ``bmm`` in the
-    frequency-major layout, with contiguous operands (CPU ``bmm`` falls back to a per-matrix loop for
-    other strides, ~100x slower here)."""
-    return torch.bmm(w, x.permute(2, 1, 0).contiguous()).permute(2, 1, 0).contiguous()
-
-
 class _FrequencyMatmul(torch.autograd.Function):
-    """:func:`_frequency_matmul` with a backward that keeps the frequency-major, contiguous layout (autograd's
-    own backward would hand ``bmm`` a gradient whose batch stride is 1). Supports ``torch.func``."""
+    """``z_f = W_f x_f`` for w (F, c_out, c_in) and x (F, c_in, B) contiguous, complex: one ``bmm`` over
+    frequencies whose backward hands ``bmm`` contiguous gradients (autograd's own backward would pass the
+    permuted gradient, batch stride 1, for which CPU ``bmm`` loops matrix by matrix: ~100x slower here).
+    Supports ``torch.func`` (jvp, vjp, vmap)."""
 
     generate_vmap_rule = True
 
     @staticmethod
     def forward(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return _frequency_matmul(w, x)
+        return torch.bmm(w, x)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -148,22 +150,19 @@ class _FrequencyMatmul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         w, x = ctx.saved_tensors
-        gp = grad.permute(2, 1, 0).contiguous()  # (F, c_out, B)
-        gw = gx = None
-        if ctx.needs_input_grad[0]:
-            gw = torch.bmm(gp, x.permute(2, 0, 1).conj().contiguous())
-        if ctx.needs_input_grad[1]:
-            gx = torch.bmm(w.mH, gp).permute(2, 1, 0).contiguous()
+        # one contiguous copy of conj(grad); then gw = g x^H = conj(conj(g) x^T) and gx = w^H g =
+        # conj(w^T conj(g)) need no conjugated copy of the (large) saved x (bmm materialises conj operands)
+        gc = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device).copy_(grad.conj())
+        gw = torch.bmm(gc, x.mT).conj() if ctx.needs_input_grad[0] else None
+        gx = torch.bmm(w.mT, gc).conj() if ctx.needs_input_grad[1] else None
         return gw, gx
 
     @staticmethod
     def jvp(ctx, w_t: torch.Tensor | None, x_t: torch.Tensor | None) -> torch.Tensor:
         w, x = ctx.saved_tensors
-        out = None
-        if w_t is not None:
-            out = _frequency_matmul(w_t, x)
+        out = None if w_t is None else torch.bmm(w_t, x)
         if x_t is not None:
-            out = _frequency_matmul(w, x_t) if out is None else out + _frequency_matmul(w, x_t)
+            out = torch.bmm(w, x_t) if out is None else out + torch.bmm(w, x_t)
         return out
 
 
@@ -262,12 +261,15 @@ class LOTConv2d(LipschitzModule):
                 return lot_orthogonalize(v[:, :, 0, 0], iters, self.eps).to(apply_dtype)
             nh, nw = grid
             vf = torch.fft.rfft2(v, s=(nh, nw)).conj()  # (c_out, c_in, nh, nw//2+1)
-            vf = _realify_self_conjugate(vf * fft_shift(nh, nw, -(self.kernel_size // 2), vf.dtype, vf.device), nw)
+            vf = vf * fft_shift(nh, nw, -(self.kernel_size // 2), vf.dtype, vf.device)
+            vf = _realify_self_conjugate(vf, nw)
             vf = vf.permute(2, 3, 0, 1).reshape(-1, *vf.shape[:2])
             w = lot_orthogonalize(vf, iters, self.eps)
             return w.to(torch.complex128 if apply_dtype == torch.float64 else torch.complex64)
 
-    def realised_weights(self, input_size: int | Size2 | None = None, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def realised_weights(
+        self, input_size: int | Size2 | None = None, dtype: torch.dtype | None = None
+    ) -> torch.Tensor:
         """The matrices the forward applies for inputs of ``input_size`` (default: see :meth:`lipschitz_bound`)
         and real precision ``dtype`` (default: that of the last forward, else of the weights, >= float32).
 
@@ -306,14 +308,17 @@ class LOTConv2d(LipschitzModule):
             return self._circular_apply(x, w, bias)
 
     def _circular_apply(self, x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        b, _, h, wd = x.shape
+        b, c_in, h, wd = x.shape
         p = self.kernel_size // 2
         nh, nw = h + 2 * p, wd + 2 * p
         # zero-padding at the end instead of both sides is a circular shift by p of the padded signal; the
         # circular conv commutes with it, so cropping [:h, :w] here equals the authors' [p:-p, p:-p].
         xf = torch.fft.rfft2(x, s=(nh, nw))  # (B, c_in, nh, nw//2+1)
-        zf = _FrequencyMatmul.apply(w, xf.reshape(b, xf.shape[1], -1))  # (B, c_out, F)
-        z = torch.fft.irfft2(zf.view(b, -1, nh, nw // 2 + 1), s=(nh, nw))[..., :h, :wd]
+        nwr = xf.shape[-1]
+        xf = xf.permute(2, 3, 1, 0).contiguous().view(nh * nwr, c_in, b)  # frequency-major (F, c_in, B)
+        zf = _FrequencyMatmul.apply(w, xf)  # (F, c_out, B)
+        zf = zf.view(nh, nwr, -1, b).permute(3, 2, 0, 1)  # (B, c_out, nh, nwr) view; irfft2 copies it once
+        z = torch.fft.irfft2(zf, s=(nh, nw))[..., :h, :wd]
         return z if bias is None else z + bias.view(1, -1, 1, 1)
 
     # ------------------------------------------------------------------------------------------- the bound

@@ -10,14 +10,14 @@ mapped by the Cayley transform (:func:`cayley`) of ``alpha * W / ||W||_F`` to ``
 evaluates the layer in that form, ``y = sqrt2 A^T ReLU(sqrt2 B x + exp(psi) * b)``: ``psi`` only rescales the
 bias, and the Lipschitz bound does not depend on it.
 
-**Why 1-Lipschitz, and the bound we state.** Let ``dz = sqrt2 B dx`` and ``u = ReLU(z1) - ReLU(z2)``. ReLU's
-slope restriction gives ``||u||^2 <= u^T dz = sqrt2 u^T B dx``, so ``||u|| <= sqrt2 ||B|| ||dx||``. With the realised
-orthogonality defect ``E = A A^H + B B^H - I`` (0 in exact arithmetic):
-``||dy||^2 = 2 u^T A A^H u = 2||u||^2 - 2||B^H u||^2 + 2 u^T E u <= ||dx||^2 - ||dx - sqrt2 B^H u||^2 + 2 lmax(E) ||u||^2``,
-hence ``Lip^2 <= 1 + 4 lmax(E)^+ ||B||^2 <= 1 + 4 e (1 + e)`` with ``e = lmax(E)^+`` (``B B^H <= I + E``).
-:meth:`lipschitz_bound` evaluates this in float64 from the *realised* factors (the float32 ``Q`` the forward uses),
-plus a bound on the float64 rounding of ``E``; for float32 weights it is about ``1 + 1e-5``. With ``E = 0`` this is
-the paper's Thm 3.2.
+**Why 1-Lipschitz, and the bound we state.** Write the layer with its realised operators, ``y = M2 ReLU(M1 x + c)``
+(``M1 = sqrt2 B``, ``M2 = sqrt2 A^H`` up to rounding). Let ``u = ReLU(z1) - ReLU(z2)`` for ``dz = M1 dx``: ReLU's
+slope restriction gives ``||u||^2 <= u^T M1 dx``. With ``E = (M1 M1^H + M2^H M2) / 2 - I`` (``A A^H + B B^H - I``
+for the ideal operators, 0 in exact arithmetic) and ``l = max(lmax(E), 0)``:
+``||dy||^2 = 2||u||^2 + 2 u^T E u - ||M1^H u||^2 <= ||dx||^2 - ||dx - M1^H u||^2 + 2 l ||u||^2``, and
+``||u|| <= ||M1|| ||dx||`` with ``||M1||^2 <= 2 (1 + l)``, hence ``Lip^2 <= 1 + 4 l (1 + l)``. With ``E = 0`` this is
+the paper's Thm 3.2. :meth:`lipschitz_bound` evaluates it in float64 from the operators the forward pass really
+uses (the float32 factors), plus a bound on the float64 rounding of ``E``; for float32 weights it is ~``1 + 1e-5``.
 
 **Convolutions** (:class:`SandwichConv`) are circular and computed in the Fourier domain on the input grid
 ``H x W`` (rfft2 half plane ``H x (W//2+1)``): ``W_f = shift_f * conj(rfft2(weight, (H, W)))_f`` with
@@ -25,7 +25,9 @@ the paper's Thm 3.2.
 ``Q_f = cayley(alpha * W_f / ||W_hat||_F)`` where the Frobenius norm runs over **all** rfft2 frequencies (the half
 plane, as in the authors' code). The operator is block-diagonal in the unitary DFT basis, so the bound above holds
 with ``max_f`` of the per-frequency quantities. At the self-conjugate columns (v = 0 and v = W/2) ``irfft2``
-uses the Hermitian part ``(Q(u) + conj Q(-u)) / 2``; the bound uses exactly these effective matrices.
+uses the Hermitian part ``(M(u) + conj M(-u)) / 2``; the bound uses exactly these effective operators.
+A 1x1 kernel has ``W_f = W`` at every frequency, so ``Q_f`` is one real matrix and the layer is evaluated
+pointwise (1x1 convolutions, no FFT); ``||W_hat||_F = sqrt(#freq) ||W||_F`` keeps the grid dependence.
 
 **Stride 2** is space-to-depth (``PixelUnshuffle(2)``) followed by a stride-1 layer with ``4 c_in`` input
 channels and kernel ``k -> max(1, k // 2)`` (so a 3x3 strided layer is 1x1 on the unshuffled grid).
@@ -51,7 +53,8 @@ from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
 from .shapes import PixelUnshuffle
 
 __all__ = [
-    "cayley", "sandwich_bound", "fft_kernel", "SandwichFc", "SandwichLin", "SandwichConv1", "SandwichConv1Lin", "SandwichConv",
+    "cayley", "sandwich_bound", "fft_kernel", "SandwichFc", "SandwichLin", "SandwichConv1", "SandwichConv1Lin",
+    "SandwichConv",
 ]
 
 SQRT2 = math.sqrt(2.0)
@@ -82,23 +85,24 @@ def _compute_dtype(t: torch.Tensor) -> torch.dtype:
 
 
 @torch.no_grad()
-def sandwich_bound(A: torch.Tensor, B: torch.Tensor) -> float:
-    """Proven l2 Lipschitz bound of ``x -> sqrt2 A^H ReLU(sqrt2 B x + c)`` for realised ``A``, ``B``.
+def sandwich_bound(M1: torch.Tensor, M2: torch.Tensor) -> float:
+    """Proven l2 Lipschitz bound of ``x -> M2 ReLU(M1 x + c)`` (any ``c``) for realised operators ``M1``
+    (``(..., m, n)``, ideally ``sqrt2 B``) and ``M2`` (``(..., p, m)``, ideally ``sqrt2 A^H``).
 
-    ``A``: ``(..., m, m)``, ``B``: ``(..., m, n)``; leading dims are a block-diagonal batch (frequencies), the
-    bound is the max over blocks. Returns ``sqrt(1 + 4 e (1 + e))`` with ``e`` an upper bound of
-    ``max(lmax(A A^H + B B^H - I), 0)`` computed in float64 (see the module docstring). Exactly orthogonal
-    factors give 1.
+    Leading dims are a block-diagonal batch (frequencies); the bound is the max over blocks. With
+    ``E = (M1 M1^H + M2^H M2) / 2 - I`` (``A A^H + B B^H - I`` for the ideal operators) and ``e`` an upper bound of
+    ``max(lmax(E), 0)`` computed in float64, returns ``sqrt(1 + 4 e (1 + e))`` (module docstring: ``||M1||^2 <=
+    2 (1 + lmax(E))``). Exactly orthogonal factors give 1.
     """
-    ctype = torch.complex128 if A.is_complex() or B.is_complex() else torch.float64
-    A, B = A.to(ctype), B.to(ctype)
-    m, k = A.shape[-1], A.shape[-1] + B.shape[-1]
-    E = A @ A.mH + B @ B.mH
+    ctype = torch.complex128 if M1.is_complex() or M2.is_complex() else torch.float64
+    M1, M2 = M1.to(ctype), M2.to(ctype)
+    m, k = M1.shape[-2], M1.shape[-1] + M2.shape[-2]
+    E = 0.5 * (M1 @ M1.mH + M2.mH @ M2)
     E.diagonal(dim1=-2, dim2=-1).sub_(1.0)
     lmax = float(torch.linalg.eigvalsh(E).amax())
     enorm = float(torch.linalg.matrix_norm(E, ord="fro").amax())
-    # float64 error of forming E (k-term dot products of rows with norm <= sqrt(1 + ||E||)), summed over the
-    # m x m entries (Frobenius bound), plus the backward error of the symmetric eigensolver (~ m u ||E||).
+    # float64 error of forming E (k-term dot products of rows of norm^2 <= 2 (1 + ||E||)), over the m x m entries
+    # (Frobenius bound), plus the backward error of the symmetric eigensolver (~ m u ||E||).
     u64 = torch.finfo(torch.float64).eps
     slack = m * float_rounding_slack(k + 2, torch.float64) * (1.0 + enorm) + 4 * m * u64 * enorm
     e = max(lmax, 0.0) + slack
@@ -171,7 +175,7 @@ class SandwichFc(_SandwichMatrix):
 
     Equal to the paper's ``sqrt2 A^T Psi ReLU(sqrt2 Psi^-1 B x + b)`` (authors' ``SandwichFc``). Parameters:
     ``weight`` (out, in + out), ``alpha`` (0-dim), ``psi`` (out,), ``bias`` (out,).
-    ``lipschitz_bound()``: ``|s| * sandwich_bound(A, B)`` (1 up to the float orthogonality defect).
+    ``lipschitz_bound()``: ``|s| * sandwich_bound(sqrt2 B, sqrt2 A^T)`` (1 up to the float orthogonality defect).
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, scale: float = 1.0):
@@ -188,8 +192,8 @@ class SandwichFc(_SandwichMatrix):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        A, B = self.factors()
-        return abs(self.scale) * sandwich_bound(A, B)
+        A, B = self.factors()  # the forward applies sqrt2 to the activations: the operators are exactly these
+        return abs(self.scale) * sandwich_bound(SQRT2 * B.double(), SQRT2 * A.t().double())
 
 
 class SandwichLin(_SandwichMatrix):
@@ -367,15 +371,16 @@ class SandwichConv(LipschitzModule):
         return H, W
 
     @torch.no_grad()
-    def fft_weight_norm(self, input_size: int | Sequence[int]) -> torch.Tensor:
-        """``||W_hat||_F`` over the rfft2 half plane of the grid of ``input_size`` (the authors' initial alpha)."""
-        grid = self._grid(_pair(input_size))
-        return _complex_fro_norm(fft_kernel(self.weight.to(_compute_dtype(self.weight)), grid))
+    def fft_weight_norm(self, input_size: int | Sequence[int], weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``||W_hat||_F`` over the rfft2 half plane of the grid of ``input_size`` (the authors' initial alpha), for
+        this layer's weight or a given ``weight`` of the same shape."""
+        w = self.weight if weight is None else weight
+        return _complex_fro_norm(fft_kernel(w.to(_compute_dtype(w)), self._grid(_pair(input_size))))
 
     def _compute_params(self, grid: _Size) -> dict[str, torch.Tensor]:
-        """Factors ``A``, ``B`` (``(F, ...)`` complex, or ``(1, ...)`` real for 1x1 kernels) and the operators of the
-        forward pass: real-embedded per-frequency matrices ``op1`` (sqrt2 B) and ``op2`` (sqrt2 A^H), or 1x1 conv
-        kernels for 1x1 layers."""
+        """Factors ``A``, ``B`` (``(F, ...)`` complex, or ``(1, ...)`` real for 1x1 kernels), the realised operators
+        ``M1 = sqrt2 B``, ``M2 = sqrt2 A^H`` (rounded once), and the same as the forward pass uses them: real-embedded
+        per-frequency matrices ``op1``, ``op2``, or 1x1 conv kernels for 1x1 layers."""
         cout = self.out_channels
         with torch.autocast(device_type=self.weight.device.type, enabled=False):
             dt = _compute_dtype(self.weight)
@@ -386,12 +391,14 @@ class SandwichConv(LipschitzModule):
                 nfreq = grid[0] * (grid[1] // 2 + 1)
                 Q = cayley(self.alpha.to(dt) * w / (w.norm() * math.sqrt(nfreq)))
                 A, B = Q[:, :cout], Q[:, cout:]
-                return dict(A=A[None], B=B[None], op1=(SQRT2 * B)[:, :, None, None],
-                            op2=(SQRT2 * A.t())[:, :, None, None])
+                M1, M2 = SQRT2 * B, SQRT2 * A.t()
+                return dict(A=A[None], B=B[None], M1=M1[None], M2=M2[None], op1=M1[:, :, None, None],
+                            op2=M2[:, :, None, None])
             wf = fft_kernel(self.weight.to(dt), grid)
             Q = cayley((self.alpha.to(dt) / _complex_fro_norm(wf)) * wf)
             A, B = Q[..., :cout], Q[..., cout:]
-            return dict(A=A, B=B, op1=_real_right_matrix(SQRT2 * B), op2=_real_right_matrix(SQRT2 * A.mH))
+            M1, M2 = SQRT2 * B, SQRT2 * A.mH
+            return dict(A=A, B=B, M1=M1, M2=M2, op1=_real_right_matrix(M1), op2=_real_right_matrix(M2))
 
     def _params(self, grid: _Size) -> dict[str, torch.Tensor]:
         return self._cache.get(lambda: self._compute_params(grid), extra=grid)
@@ -420,34 +427,36 @@ class SandwichConv(LipschitzModule):
         return _spectral_apply(p["op2"], F.relu_(h))
 
     @torch.no_grad()
-    def effective_factors(self, input_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The per-frequency factors the realised map applies: ``(Q(u, v) + conj Q(-u, v)) / 2`` on the
-        self-conjugate columns (irfft2 keeps only that Hermitian part), ``Q`` elsewhere."""
+    def effective_operators(self, input_size: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-frequency ``(M1_f, M2_f)`` the realised map applies for inputs of ``input_size``: irfft2 keeps only
+        the Hermitian part ``(M(u, v) + conj M(-u, v)) / 2`` on the self-conjugate columns (v = 0, and v = W/2 for
+        even W); elsewhere the half plane determines the other half by conjugate symmetry."""
         grid = self._grid(_pair(input_size))
-        A, B = self.factors(input_size)
-        if self.kernel_size == 1:  # one real matrix pair for every frequency
-            return A, B
-        Q = torch.cat((A, B), dim=-1)
+        p = self._params(grid)
+        if self.kernel_size == 1:  # one real operator pair for every frequency
+            return p["M1"], p["M2"]
         H, Wr = grid[0], grid[1] // 2 + 1
-        Q = Q.reshape(H, Wr, *Q.shape[-2:]).clone()
-        neg = (-torch.arange(H, device=Q.device)) % H
+        neg = (-torch.arange(H, device=p["M1"].device)) % H
         cols = [0] + ([grid[1] // 2] if grid[1] % 2 == 0 else [])
-        for v in cols:
-            Q[:, v] = 0.5 * (Q[:, v] + Q[neg, v].conj())
-        Q = Q.reshape(H * Wr, *Q.shape[-2:])
-        return Q[..., : self.out_channels], Q[..., self.out_channels :]
+        out = []
+        for M in (p["M1"], p["M2"]):
+            M = M.reshape(H, Wr, *M.shape[-2:]).clone()
+            for v in cols:
+                M[:, v] = 0.5 * (M[:, v] + M[neg, v].conj())
+            out.append(M.reshape(H * Wr, *M.shape[-2:]))
+        return out[0], out[1]
 
     @torch.no_grad()
     def lipschitz_bound(self, input_size: int | Sequence[int] | None = None) -> float:
         """Proven bound for inputs of ``input_size`` (default: the constructor's ``input_size`` and every size
-        this layer has run on; the max over them): ``|s| max_f sandwich_bound(A_f, B_f)``."""
+        this layer has run on; the max over them): ``|s| sandwich_bound(M1_f, M2_f)`` over all frequencies."""
         if input_size is not None:
             sizes = {_pair(input_size)}
         else:
             sizes = set(self._seen_sizes) | ({self.input_size} if self.input_size is not None else set())
         if not sizes:
             raise ValueError("SandwichConv.lipschitz_bound needs input_size= (the layer has no known input size)")
-        return abs(self.scale) * max(sandwich_bound(*self.effective_factors(s)) for s in sorted(sizes))
+        return abs(self.scale) * max(sandwich_bound(*self.effective_operators(s)) for s in sorted(sizes))
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

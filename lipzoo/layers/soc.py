@@ -6,7 +6,7 @@ Math (both versions). With ``P`` the trainable kernel of shape (C, C, k, k), ``C
 * skew kernel ``L = (P - T(P)) / 2``, ``T`` = swap the channel axes and flip both spatial axes. With zero
   "same" padding (odd k), ``conv(., T(P))`` is the exact adjoint of ``conv(., P)``, so ``S = conv(., L)`` is a
   skew-symmetric operator on every input size and ``exp(S)`` is orthogonal;
-* scaling ``L_n = c L / sigma`` with ``sigma = min_i <u_i, M_i(L) v_i>`` (the four "Fantastic Four" reshapes
+* scaling ``L_n = c L / sigma`` with ``sigma = min_i <v_i, M_i(L) u_i>`` (the four "Fantastic Four" reshapes
   of L, with persistent power-iteration vectors ``u_i, v_i``) and ``c`` = ``correction`` (0.7 in the ICML'21
   code, 1 in the improved code, always 1 for k = 1). The scaling only controls the Taylor error;
 * ``y = trunc_{c_out}( sum_{j=0..K} S^j pad_C(unshuffle_s(x)) / j! ) + b``: stride 2 is a 2x2 pixel-unshuffle
@@ -24,11 +24,12 @@ Proven bound (:meth:`SOCConv2d.lipschitz_bound`, for the eval-mode map). Because
 ``||sum_{j<=K} S^j/j!|| <= 1 + s^{K+1} / (K+1)!`` for any ``s >= ||S||_2``. ``s`` is the Fantastic-Four bound
 (Singla & Feizi 2021, Thm 1, valid for zero padding as a compression of a circular convolution)
 ``sqrt(k k) min_i ||M_i(L_n)||_2``, each norm computed in float64 (Gram eigenvalues plus rounding slack, not
-power iteration) from the kernel the forward uses.
-Unshuffle is a permutation, channel padding an isometry and truncation a projection (bound 1).
+power iteration) from the kernel the forward uses. Unshuffle is a permutation, channel padding an isometry
+and truncation a projection (bound 1).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Literal
 
@@ -67,6 +68,13 @@ def _ff_shapes(c: int, k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
             ((c, 1, k, k), (1, c, 1, 1))]
 
 
+def _autocast_off(device: torch.device):
+    """Parametrisation math in float32/float64 even under autocast (a no-op on devices without autocast)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device_type=device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def ff_matrices(kernel: torch.Tensor) -> list[torch.Tensor]:
     """The four Fantastic-Four reshapes ``M_1..M_4`` of a conv kernel (see the comment above)."""
     out = []
@@ -93,14 +101,16 @@ def conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = F
     ``z <- x + S z / j`` for ``j = order..1`` (improved code). Equal in exact arithmetic.
     """
     pad = kernel.shape[-1] // 2
+    if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):  # cast the kernel once, not once per term
+        kernel = kernel.to(torch.get_autocast_dtype(x.device.type))
     if horner:
         z = x
         for j in range(order, 0, -1):
-            z = x + F.conv2d(z, kernel, padding=pad) / j
+            z = torch.add(x, F.conv2d(z, kernel, padding=pad), alpha=1.0 / j)
         return z
     z = term = x
     for j in range(1, order + 1):
-        term = F.conv2d(term, kernel, padding=pad) / j
+        term = F.conv2d(term, kernel, padding=pad).div_(j)
         z = z + term
     return z
 
@@ -223,6 +233,8 @@ class SOCConv2d(LipschitzModule):
         if self.bias is not None:
             fan = self.out_channels if self.version == "icml21" else self.channels
             nn.init.uniform_(self.bias, -1.0 / math.sqrt(fan), 1.0 / math.sqrt(fan))
+        if self.weight.is_meta:
+            return
         with torch.no_grad():
             for u, v in self._vectors():
                 u.copy_(_normalize(torch.randn_like(u), False))
@@ -240,13 +252,13 @@ class SOCConv2d(LipschitzModule):
     def power_iteration(self, iters: int) -> None:
         """``iters`` sweeps of the alternating power method ``v_i <- M_i u_i / ||.||``, ``u_i <- M_i^T v_i / ||.||``
         on the four reshapes of L, in the authors' order (in place on the u/v buffers)."""
-        if iters <= 0:
+        if iters <= 0 or self.weight.is_meta:  # meta tensors (shape-only builds) have no values to iterate on
             return
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+        with _autocast_off(self.weight.device):
             L = skew_kernel(self._param_for_math())
             if self.float32_norm:
                 # ICML'21 numerics: its float32 norm turns float64 summation-order differences into ~1e-7
-                # jumps, so reproduce its exact reductions too (slower: full-kernel temporaries)
+                # jumps, so reproduce its reductions too (slower: full-kernel temporaries)
                 for _ in range(iters):
                     for (u, v), (axes_v, axes_u) in zip(self._vectors(), _FF_SUM_AXES):
                         v.copy_(_normalize((L * u.to(L.dtype)).sum(axes_v, keepdim=True), True))
@@ -272,7 +284,7 @@ class SOCConv2d(LipschitzModule):
 
     def normalized_kernel(self) -> torch.Tensor:
         """``L_n = correction * L / sigma`` from the stored vectors, float32 (float64 for float64 weights)."""
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+        with _autocast_off(self.weight.device):
             L = skew_kernel(self._param_for_math())
             sigma = None
             for u, v in self._vectors():

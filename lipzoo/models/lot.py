@@ -41,12 +41,12 @@ def make_activation(name: str, channels: int) -> nn.Module:
     if name == "maxmin":
         return MaxMin(pairing="halves")
     if name == "hh1":
-        from ..layers import activations  # HH1 lives with the other GNP activations
+        from ..layers import activations  # looked up lazily: HH1 lives with the other GNP activations
 
-        hh1 = getattr(activations, "HH1", None)
+        hh1 = getattr(activations, "HouseHolder", None) or getattr(activations, "HH1", None)
         if hh1 is None:
-            raise NotImplementedError("activation 'hh1' needs lipzoo.layers.activations.HH1, which is not available")
-        return hh1(channels)
+            raise NotImplementedError("activation 'hh1' needs lipzoo.layers.activations.HouseHolder")
+        return hh1(channels, pairing="halves")
     raise ValueError(f"activation must be 'maxmin' or 'hh1', got {name!r}")
 
 
