@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Download every published model through the local hub, verify its claims, write claimed-vs-measured tables.
+
+    python scripts/reproduce.py [--quick] [--out results/zoo] [--update-readme]
+
+Starts the embedded hub (olah on 127.0.0.1) serving the project's ``hub/``, then, for each entry of
+``lipzoo/hub/published.json``, runs a fresh interpreter with ``HF_ENDPOINT`` pointing at it (huggingface_hub reads
+it at import) and a temporary ``HF_HOME``, which downloads the model with ``lipzoo.create_model(name,
+pretrained=True)`` (sha256-checked) and verifies the claims of its card on the CIFAR test set (full by default).
+Writes ``<out>.md`` and ``<out>.json``; ``--update-readme`` replaces the README's "Model zoo" table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
+
+_CHILD = r"""
+import json, sys, time
+import lipzoo
+from lipzoo.verify import verify
+name, mode = sys.argv[1], sys.argv[2]
+t = time.time()
+model = lipzoo.create_model(name, pretrained=True, verify=False)
+claims = json.loads(open(sys.argv[3]).read())
+report = verify(model, claims, mode=mode)
+print("LIPZOO_JSON" + json.dumps({"name": name, "mode": mode, "passed": bool(report.passed),
+      "report": report.to_dict(), "seconds": time.time() - t}, default=str))
+"""
+
+
+def _verify_one(name: str, claims: dict, endpoint: str, mode: str, hf_home: str) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(claims, f)
+    env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=hf_home, LIPZOO_VERIFY="0")
+    proc = subprocess.run([sys.executable, "-c", _CHILD, name, mode, f.name], env=env, capture_output=True, text=True,
+                          cwd=REPO)
+    os.unlink(f.name)
+    for line in proc.stdout.splitlines():
+        if line.startswith("LIPZOO_JSON"):
+            return json.loads(line[len("LIPZOO_JSON"):])
+    return {"name": name, "mode": mode, "passed": False, "error": (proc.stderr or proc.stdout)[-2000:]}
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * float(x):.2f}"
+
+
+def markdown(rows: list[dict], published: dict) -> str:
+    eps_labels = ["36/255", "72/255", "108/255", "255/255"]
+    head = "| model | clean (claimed / measured) | " + " | ".join(f"cert {e} (claimed / measured)" for e in eps_labels) \
+        + " | L bound | verified |"
+    lines = [head, "|" + "---|" * (len(eps_labels) + 4)]
+    for r in rows:
+        claims = published[r["name"]].get("claims") or {}
+        measured = {}
+        for check in (r.get("report") or {}).get("checks", []):
+            measured[check.get("name")] = check.get("measured")
+        cells = [f"`{r['name']}`", f"{_pct(claims.get('clean_accuracy'))} / {_pct(measured.get('clean accuracy'))}"]
+        for e in eps_labels:
+            c = (claims.get("certified_accuracy") or {}).get(e)
+            m = measured.get(f"certified accuracy @ {e}")
+            cells.append(f"{_pct(c)} / {_pct(m)}")
+        cells.append(f"{claims.get('lipschitz_bound', float('nan')):.6f}")
+        cells.append(("pass" if r.get("passed") else "**FAIL**") + f" ({r.get('mode')})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="verify on the 1000-image stratified subset only")
+    p.add_argument("--out", default=str(REPO / "results" / "zoo"))
+    p.add_argument("--update-readme", action="store_true")
+    a = p.parse_args()
+    from lipzoo.hub.server import LocalHub
+    from lipzoo.models._builder import published_weights
+
+    published = published_weights()
+    if not published:
+        print("no published weights in lipzoo/hub/published.json: nothing to reproduce")
+        return 1
+    mode = "quick" if a.quick else "full"
+    rows = []
+    with LocalHub(root=REPO / "hub") as hub, tempfile.TemporaryDirectory() as hf_home:
+        print(f"local hub at {hub.endpoint}; verifying {len(published)} model(s) ({mode})", flush=True)
+        for name in sorted(published):
+            row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home)
+            rows.append(row)
+            print(f"  {name}: {'pass' if row.get('passed') else 'FAIL'}" + (f"  {row.get('error', '')[-300:]}" if 'error' in row else ""), flush=True)
+    md = markdown(rows, published)
+    cmd = f"python scripts/reproduce.py{' --quick' if a.quick else ''}"
+    md_full = md + f"\n\nReproduce: `{cmd}` (downloads every model through the local hub and re-certifies it)."
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".md").write_text(md_full + "\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str))
+    print(md_full)
+    if a.update_readme:
+        readme = REPO / "README.md"
+        text = readme.read_text()
+        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{md_full}\n{END}", text, flags=re.S)
+        readme.write_text(text)
+    return 0 if all(r.get("passed") for r in rows) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
