@@ -238,6 +238,11 @@ def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: to
     with torch.no_grad():
         m0 = margin(model(x)).double().cpu().clamp_min(1e-30)
     flat = x.flatten(1)
+
+    def image(delta: torch.Tensor) -> torch.Tensor:
+        out = (flat + delta).reshape(x.shape)
+        return out.contiguous(memory_format=torch.channels_last) if out.dim() == 4 else out
+
     for restart in range(restarts):
         d = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(x)
         u = torch.rand(n, 1, generator=gen, dtype=torch.float64).to(x) if restart else torch.zeros(n, 1, dtype=x.dtype)
@@ -246,7 +251,7 @@ def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: to
         for _ in range(steps):
             d.requires_grad_(True)
             with torch.enable_grad():
-                z = model((flat + d).view_as(x))
+                z = model(image(d))
                 m = margin(z)
                 (g,) = torch.autograd.grad(-m.sum(), d)
             with torch.no_grad():
@@ -255,7 +260,7 @@ def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: to
                 d = d + step * g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
                 d = d * torch.clamp(r / d.norm(dim=1, keepdim=True).clamp_min(1e-30), max=1.0)
         with torch.no_grad():
-            z = model((flat + d).view_as(x))
+            z = model(image(d))
             flipped |= (z.argmax(1) != pred).cpu()
             closest = torch.minimum(closest, margin(z).double().cpu() / m0)
     return {"n_attacked": n, "n_violations": int(flipped.sum()), "steps": steps, "restarts": restarts,
@@ -263,7 +268,8 @@ def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: to
 
 
 def _rounding_check(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-    if next(model.parameters()).dtype != torch.float32:
+    params = list(model.parameters())
+    if not params or params[0].dtype != torch.float32:
         return {"checked": False}
     m64 = copy.deepcopy(model).double().eval()
     rule = getattr(model, "head_rule", "lipschitz")
@@ -388,3 +394,8 @@ def _check_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
     pgd["violating_indices"] = [int(idx[i]) for i in pgd["violating_indices"]]
     pgd["radius_median"] = float(radii[idx].median()) if len(idx) else 0.0
     return pgd
+
+
+from .certify import _make_module_callable  # noqa: E402
+
+_make_module_callable(__name__, audit)

@@ -337,26 +337,29 @@ def mlp_curvature_estimate(head: nn.Module, iters: int = 5) -> torch.Tensor:
     bound, not a certificate.
     """
     p = _MLPParams.of(head)
-    w1, w2 = p.w1, p.w2
-    if w1.dtype in (torch.float16, torch.bfloat16):
-        w1, w2 = w1.float(), w2.float()
-    c, d = w2.shape[0], w1.shape[1]
-    a = (w2[None, :, :] - w2[:, None, :]).clamp_min(0)  # (t, j, h): relu(w2_j - w2_t)
-    with torch.no_grad():
-        vecs = _POWER_VECTORS.get(id(head))
-        if vecs is None or vecs.shape != (c, c, d) or vecs.device != w1.device or vecs.dtype != w1.dtype:
-            gen = torch.Generator().manual_seed(0)
-            vecs = torch.randn(c, c, d, generator=gen, dtype=torch.float64).to(w1)
-        a_d, w1_d = a.detach(), w1.detach()
-        for _ in range(iters):
-            vecs = ((a_d * (vecs @ w1_d.T)) @ w1_d)
-            vecs = vecs / vecs.norm(dim=2, keepdim=True).clamp_min(1e-30)
-        _POWER_VECTORS[id(head)] = vecs
-    rq = (a * (vecs @ w1.T) ** 2).sum(dim=2)
-    return (p.beta / 4.0) * rq * (1 - torch.eye(c, dtype=rq.dtype, device=rq.device))
+    with torch.autocast(device_type=p.w1.device.type, enabled=False):
+        w1, w2 = p.w1, p.w2
+        if w1.dtype in (torch.float16, torch.bfloat16):
+            w1, w2 = w1.float(), w2.float()
+        c, d = w2.shape[0], w1.shape[1]
+        a = (w2[None, :, :] - w2[:, None, :]).clamp_min(0)  # (t, j, h): relu(w2_j - w2_t)
+        with torch.no_grad():
+            vecs = _POWER_VECTORS.get(head)
+            if vecs is None or vecs.shape != (c, c, d) or vecs.device != w1.device or vecs.dtype != w1.dtype:
+                vecs = torch.randn(c, c, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(w1)
+            a_d, w1_d = a.detach(), w1.detach()
+            restart = torch.full((d,), d ** -0.5, dtype=w1.dtype, device=w1.device)
+            for _ in range(iters):
+                vecs = (a_d * (vecs @ w1_d.T)) @ w1_d
+                norm = vecs.norm(dim=2, keepdim=True)
+                # a pair whose a vanished restarts (so that it can recover later in training)
+                vecs = torch.where(norm > 1e-30, vecs / norm.clamp_min(1e-30), restart)
+            _POWER_VECTORS[head] = vecs
+        rq = (a * (vecs @ w1.T) ** 2).sum(dim=2)
+        return (p.beta / 4.0) * rq * (1 - torch.eye(c, dtype=rq.dtype, device=rq.device))
 
 
-_POWER_VECTORS: dict[int, torch.Tensor] = {}
+_POWER_VECTORS: "weakref.WeakKeyDictionary[nn.Module, torch.Tensor]" = weakref.WeakKeyDictionary()
 
 
 def mlp_margins(features: torch.Tensor, labels: torch.Tensor, head: nn.Module,
@@ -781,3 +784,20 @@ def plot_certified_accuracy(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+# ------------------------------------------------------------------------------------ callable module
+def _make_module_callable(module_name: str, fn: Any) -> None:
+    """Let ``lipzoo.<module>(...)`` call ``fn``: the package exposes ``lipzoo.certify``/``audit``/``verify`` as
+    functions, but once the submodule is imported the package attribute *is* the module."""
+    import sys
+    import types
+
+    class _CallableModule(types.ModuleType):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs)
+
+    sys.modules[module_name].__class__ = _CallableModule
+
+
+_make_module_callable(__name__, certify)

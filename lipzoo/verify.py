@@ -334,3 +334,8 @@ def verify(
 
     return VerificationReport(model=name or type(model).__name__, dataset=dataset, split=split,
                               subset=measured_subset, mode=mode, n=n, checks=checks, notes=notes, result=result)
+
+
+from .certify import _make_module_callable  # noqa: E402
+
+_make_module_callable(__name__, verify)

@@ -117,6 +117,41 @@ def test_audit_flags_an_unsound_certificate():
     assert not report.ok and report.pgd["n_violations"] > 0
 
 
+def test_audit_mlp_head_toy():
+    """The curvature rule under attack: a 1-Lipschitz body (orthogonal map) and an MLP head."""
+    from lipzoo.layers.heads import MLPHead
+    from lipzoo.models._base import LipschitzClassifier
+
+    class Orth(LipschitzModule):
+        def __init__(self):
+            super().__init__()
+            q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(0)))
+            self.register_buffer("q", q)
+
+        def forward(self, x):
+            return 3 * (x.flatten(1) - 0.5) @ self.q.T
+
+        def lipschitz_bound(self):
+            return 3.0
+
+    class Toy(LipschitzClassifier):
+        head_rule = "mlp_curvature"
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.normalize, self.features = nn.Identity(), nn.Sequential(Orth())
+            self.head, self.num_classes = MLPHead(12, 4, num_hidden=24), 4
+
+    x = torch.rand(64, 3, 2, 2, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AuditWarning)
+        report = audit(Toy(), x, None, n_probe=4, power_iters=30, pgd_steps=100, restarts=3, n_attack=32)
+    assert report.ok and report.pgd["n_attacked"] >= 16 and report.pgd["n_violations"] == 0
+    assert report.model_estimate == pytest.approx(3.0, rel=1e-3)  # the power iteration finds the exact constant
+    assert report.pgd["closest_margin_ratio"] < 0.9  # the attack made progress
+
+
 def _cheap_archs() -> list[str]:
     return [n for n in lipzoo.list_models() if ARCHS[n].compact]
 

@@ -257,6 +257,20 @@ def test_mlp_curvature_bound_dominates_hessian():
                 assert k[t, j] <= 0.25 * torch.linalg.eigvalsh(w1.T @ torch.diag(a) @ w1)[-1] * (1 + 1e-9)
 
 
+@pytest.mark.parametrize("n, clustered", [(200, False), (300, True)])
+def test_lambda_max_upper_is_a_tight_upper_bound(n, clustered):
+    g = torch.Generator().manual_seed(n)
+    q = orthogonal(n, seed=n)
+    spectrum = torch.rand(n, generator=g, dtype=torch.float64)
+    spectrum[0] = 2.0
+    if clustered:
+        spectrum[1] = 2.0 - 1e-7  # a nearly double top eigenvalue: Lanczos converges slowly
+    a = q @ torch.diag(spectrum) @ q.T
+    a = (a + a.T) / 2
+    ub = C.lambda_max_upper(a)
+    assert 2.0 <= ub <= 2.0 * (1 + 1e-6)
+
+
 def _pgd_feature_space(model: ToyMLP, x: torch.Tensor, radius: torch.Tensor, pred: torch.Tensor,
                        steps: int = 200, restarts: int = 3) -> torch.Tensor:
     """True where PGD-l2 within ``radius`` (per sample) changes the prediction."""
@@ -395,3 +409,14 @@ def test_certify_full_cifar10_test_set():
     assert res.n == 10000
     acc = list(res.certified_accuracy.values())
     assert all(a >= b for a, b in zip(acc, acc[1:])) and res.clean_accuracy >= acc[0]
+
+
+def test_package_level_functions_are_callable():
+    import lipzoo
+
+    model = ToyLipschitz(ScaledOrthogonal(torch.eye(4, dtype=torch.float64)), OrthoRows(4, 3), 3)
+    x, y = torch.eye(4)[:3].view(3, 4, 1, 1), torch.tensor([0, 1, 2])
+    for _ in range(2):  # first access goes through lipzoo.__getattr__, later ones find the submodule
+        res = lipzoo.certify(model, x, y, dtype=torch.float64)
+        assert res.clean_accuracy == 1.0 and res.radii[0].item() == pytest.approx(1 / SQRT2)
+    assert callable(lipzoo.certify.label_radii) and callable(lipzoo.audit) and callable(lipzoo.verify)

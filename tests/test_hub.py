@@ -212,7 +212,8 @@ def test_card_parses_back_to_the_claims(ctx):
     assert [r.metric_args["norm"] for r in certified] == ["L2"] * 4
     text = card.text
     for needle in ("## Certified robustness", "certified_accuracy.png", "lipzoo publish", "hf-hub:" + REPO_ID,
-                   "torch.hub.load", ctx["entry"]["sha256"], "lipzoo train --recipe sll_cpu", "the first 200 test images"):
+                   "torch.hub.load", ctx["entry"]["sha256"], "lipzoo train --recipe sll_cpu", "the first 200 test images",
+                   f"lipzoo certify {MODEL_ID} --pretrained --n {QUICK_N}"):
         assert needle in text, needle
 
 
@@ -304,7 +305,8 @@ def test_write_routes_with_real_client(ctx, tmp_path):
                 "new": open(hf_hub_download("lipzoo/scratch", "notes/a.txt")).read(),
                 "info": api.model_info("lipzoo/scratch").sha, "second": second}}
         out["dup"] = attempt(lambda: api.create_repo("lipzoo/scratch"))
-        out["branch"] = attempt(lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x", repo_id="lipzoo/scratch", revision="dev"))
+        out["branch"] = attempt(lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x",
+                                                        repo_id="lipzoo/scratch", revision="dev"))
         out["dataset"] = attempt(lambda: api.create_repo("lipzoo/data", repo_type="dataset"))
         emit(out)
     '''
@@ -396,7 +398,8 @@ def test_bad_files_and_inflated_claims_are_refused(ctx, honest, tmp_path):
         for name in ("truncated", "inflated", "pickled"):
             out[name] = attempt(lambda: lipzoo.create_model(f"sll_xs.{{name}}", pretrained=True))
             out[name + "_left"] = left(f"lipzoo/sll_xs.{{name}}")
-        out["unlisted"] = attempt(lambda: load_pretrained(lipzoo.create_model("sll_xs"), {{"hf_hub_id": "lipzoo/sll_xs.unlisted"}}))
+        out["unlisted"] = attempt(lambda: load_pretrained(lipzoo.create_model("sll_xs"),
+                                                          {{"hf_hub_id": "lipzoo/sll_xs.unlisted"}}))
         out["unlisted_left"] = left("lipzoo/sll_xs.unlisted")
         out["stale"] = attempt(lambda: lipzoo.create_model("sll_xs.stale", pretrained=True))
         out["pickle_name"] = attempt(lambda: load_pretrained(lipzoo.create_model("sll_xs"),

@@ -26,12 +26,13 @@ def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = 
     from lipzoo.data import NUM_CLASSES
 
     kwargs = {}
-    name = args.model
-    if not args.pretrained:
+    # 'arch.tag' names published weights: download them unless a local checkpoint is given
+    pretrained = args.pretrained or ("." in args.model and not args.checkpoint)
+    if not pretrained:
         kwargs["num_classes"] = NUM_CLASSES[dataset]
     else:
         kwargs["verify"] = verify_download
-    model = lipzoo.create_model(name, pretrained=args.pretrained, checkpoint_path=args.checkpoint,
+    model = lipzoo.create_model(args.model, pretrained=pretrained, checkpoint_path=args.checkpoint,
                                 checkpoint_format=args.checkpoint_format, **kwargs)
     return model.eval()
 

@@ -181,7 +181,8 @@ def render_card(
     scope = "input normalisation and body" if claims.get("head_rule", "lln") != "lipschitz" else "whole network"
     norm = float(stats["norm_factor"])
     norm_effect = ("the std is 1, so the normalisation does not change the radius." if abs(norm - 1) < 1e-12 else
-                   f"without it, radii in normalised space would be {norm:.4g} times larger than the pixel-space radii reported here.")
+                   f"without it, radii in normalised space would be {norm:.4g} times larger than the pixel-space "
+                   "radii reported here.")
     card = ModelCard.from_template(
         card_data, template_path=str(template),
         model_id=model_id, repo_id=repo_id, arch=arch, summary=summary, quick_subset=subset != "full",
@@ -200,7 +201,8 @@ def render_card(
         clean_accuracy=_pct(claims["clean_accuracy"]), certified_rows=rows,
         training=[(k, _fmt(v)) for k, v in (training or {}).items()], train_command=train_command,
         reproduce_command=reproduce, publish_command=publish_command, sha256=sha256,
-        code_revision=(f"`{code_revision}`" + (" (with uncommitted changes)" if code_dirty else "")) if code_revision else "unknown",
+        code_revision=(f"`{code_revision}`" + (" (with uncommitted changes)" if code_dirty else ""))
+        if code_revision else "unknown",
         training_revision=f"`{training_revision}`" if training_revision else "unknown",
     )
     return card

@@ -60,13 +60,17 @@ class VerificationFailedError(HubError):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def registry_entry(repo_id: str) -> tuple[str | None, dict[str, Any] | None]:
-    """``(arch.tag, entry)`` of ``published.json`` whose ``hf_hub_id`` is ``repo_id``; ``(None, None)`` if none."""
+def registry_entry(repo_id: str, model_id: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
+    """``(arch.tag, entry)`` of ``published.json`` for ``repo_id``: the entry ``model_id`` when it names that
+    repo, else the first entry whose ``hf_hub_id`` is ``repo_id``; ``(None, None)`` if there is none."""
     from ..models._builder import published_weights
 
-    for model_id, entry in published_weights().items():
+    published = published_weights()
+    if model_id in published and published[model_id].get("hf_hub_id") == repo_id:
+        return model_id, published[model_id]
+    for key, entry in published.items():
         if entry.get("hf_hub_id") == repo_id:
-            return model_id, entry
+            return key, entry
     return None, None
 
 
@@ -116,8 +120,9 @@ def _fetch(repo_id: str, revisions: list[str | None], cache_dir: str | None) -> 
     last: Exception | None = None
     for rev in revisions:
         try:
-            cfg = hf_hub_download(repo_id, CONFIG, revision=rev, cache_dir=cache_dir, local_files_only=local_only, etag_timeout=5)
-            weights = hf_hub_download(repo_id, WEIGHTS, revision=rev, cache_dir=cache_dir, local_files_only=local_only, etag_timeout=5)
+            kwargs = dict(revision=rev, cache_dir=cache_dir, local_files_only=local_only, etag_timeout=5)
+            cfg = hf_hub_download(repo_id, CONFIG, **kwargs)
+            weights = hf_hub_download(repo_id, WEIGHTS, **kwargs)
         except RevisionNotFoundError as e:  # try the next pinned revision (local snapshot vs. remote commit)
             last = e
             continue
@@ -240,6 +245,12 @@ def _verify_once(model: nn.Module, claims: Mapping[str, Any], mode: str, sha256:
         return True, report
 
 
+def _is_safetensors(data: bytes) -> bool:
+    """The safetensors framing: an 8-byte little-endian header length, then a JSON header that fits."""
+    n = int.from_bytes(data[:8], "little") if len(data) >= 8 else -1
+    return 0 < n <= len(data) - 8 and data[8:9] == b"{"
+
+
 def _refuse_pickle_name(filename: str) -> None:
     if not filename.endswith(".safetensors"):
         raise PickleRefusedError(f"lipzoo only loads .safetensors weights, not {filename!r}: pickle files can run code "
@@ -276,7 +287,8 @@ def load_pretrained(
                        "hf_hub_id. Published weights: lipzoo.list_pretrained()")
     _refuse_pickle_name(cfg.get("hf_hub_filename") or WEIGHTS)
     repo_id, _, pinned = str(hub_id).partition("@")
-    model_id, entry = registry_entry(repo_id)
+    tagged = f"{cfg.get('architecture')}.{cfg.get('tag')}" if cfg.get("architecture") and cfg.get("tag") else None
+    model_id, entry = registry_entry(repo_id, tagged)
     if revision or pinned:
         revisions = [revision or pinned]
     else:
@@ -292,7 +304,7 @@ def load_pretrained(
 
     with open(weights_path, "rb") as f:
         data = f.read()  # read once: the bytes hashed are the bytes loaded
-    if data.startswith(_PICKLE_MAGIC):
+    if not _is_safetensors(data) and data.startswith(_PICKLE_MAGIC):
         refuse(PickleRefusedError(f"{repo_id}/{WEIGHTS} is a pickle, not safetensors: refused and removed from the cache"))
     sha = hashlib.sha256(data).hexdigest()
     try:

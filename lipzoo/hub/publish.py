@@ -9,8 +9,9 @@ One published model ``<arch>.<tag>`` is the repo ``lipzoo/<arch>.<tag>`` (timm's
 * ``README.md``: the model card (:mod:`lipzoo.hub.card`) and ``certified_accuracy.png``.
 
 The claims are always **measured** here, with the shared certifier on the full test set (``quick=True``
-measures ``lipzoo.verify``'s quick subset, or the first ``quick_n`` images, for tests only). The repo folder is written to ``<hub_dir>/<org>/<name>``
-by building it beside the old one and swapping it in, so an existing repo is never left half-written.
+measures ``lipzoo.verify``'s quick subset, or the first ``quick_n`` images, for tests only). The repo folder is
+written to ``<hub_dir>/<org>/<name>`` by building it beside the old one and swapping it in, so an existing repo is
+never left half-written.
 """
 from __future__ import annotations
 
@@ -162,6 +163,15 @@ def _training_record(results: str | os.PathLike | None, run_dir: Path | None) ->
     return record
 
 
+def _cli_value(value: Any) -> str:
+    """A recipe value as ``lipzoo train`` parses it: tuples comma-separated, dicts as quoted JSON."""
+    if isinstance(value, dict):
+        return "'" + json.dumps(value) + "'"
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
 def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
     name = recipe.get("name")
     if not name:
@@ -173,11 +183,16 @@ def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
         base = json.loads(json.dumps(get_recipe(name).to_dict()))
         for key, value in recipe.items():
             if key != "name" and base.get(key) != value:
-                shown = json.dumps(value) if isinstance(value, (dict, list)) else value
-                parts.append(f"--{key.replace('_', '-')} '{shown}'" if isinstance(value, (dict, list)) else f"--{key.replace('_', '-')} {shown}")
+                parts.append(f"--{key.replace('_', '-')} {_cli_value(value)}")
     except Exception:  # an unknown or changed recipe: show the recipe table only
         pass
     return " ".join(parts + [f"--out runs/{model_id}"])
+
+
+def _accuracies(claims: Mapping[str, Any]) -> dict[str, float]:
+    """Clean and certified accuracies of a claims record, rounded to 1e-9 for comparison."""
+    acc = {"clean": claims.get("clean_accuracy", -1.0), **claims.get("certified_accuracy", {})}
+    return {k: round(float(v), 9) for k, v in acc.items()}
 
 
 def _upload(folder: Path, repo_id: str, model_id: str, sha: str, endpoint: str, token: str | None) -> str:
@@ -274,11 +289,9 @@ def publish(
     result = certify(model, images, labels, batch_size=batch_size)
     claims = result.to_claims(dataset, "test", subset)
     trained = (record or {}).get("claims") or {}
-    if trained and trained.get("subset") == claims["subset"] and trained.get("n") == claims["n"]:
-        diffs = [k for k in claims["certified_accuracy"] if abs(trained.get("certified_accuracy", {}).get(k, -1) - claims["certified_accuracy"][k]) > 1e-9]
-        if abs(trained.get("clean_accuracy", -1) - claims["clean_accuracy"]) > 1e-9 or diffs:
-            messages.append("note: the training run's results.json reports other accuracies than this measurement; "
-                            "the card uses the measurement")
+    if trained.get("subset") == claims["subset"] == "full" and _accuracies(trained) != _accuracies(claims):
+        messages.append("note: the training run's results.json reports other accuracies than this measurement; "
+                        "the card uses the measurement")
 
     # 3. the repo folder, built beside the old one
     code_revision, dirty = _code_revision()

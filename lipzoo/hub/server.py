@@ -15,7 +15,8 @@ FastAPI app, a few routes make ``HfApi.create_repo`` / ``upload_folder`` / ``upl
 * downloads of an unknown revision or file get HF's 404 answers (``X-Error-Code: RevisionNotFound`` /
   ``EntryNotFound``) instead of olah's 500/401, so clients fail fast with the right error.
 
-Only ``main`` of model repos can be written; LFS uploads are refused.
+Only ``main`` of model repos can be written; LFS uploads are refused. Uploads are served at once; changes made
+to the root folder by hand are served after a restart.
 
 Command line: ``lipzoo hub serve [--port P] [--root hub/]``; Python: ``with LocalHub(root) as hub: hub.endpoint``.
 """
@@ -100,7 +101,7 @@ def _olah_config(path: Path, port: int, mirrors: Path, cache: Path) -> None:
 def _safe_path(path: str) -> str:
     p = path.replace("\\", "/").strip("/")
     parts = p.split("/")
-    if not p or any(x in ("", ".", "..") for x in parts) or parts[0] == ".git":
+    if not p or any(x in ("", ".", "..", ".git") for x in parts):
         raise ValueError(f"invalid path in repo: {path!r}")
     return p
 
@@ -264,7 +265,7 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
 
         try:
             sha = await run_in_threadpool(do)
-        except (ValueError, KeyError) as e:
+        except (ValueError, KeyError, OSError) as e:
             return error(400, f"bad commit: {e}")
         return {"commitUrl": f"{base}/{rid}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
 
@@ -395,10 +396,11 @@ class LocalHub:
         log.close()
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
+            code = self._proc.poll()
+            if code is not None:
                 tail = self.log()[-3000:]
                 self.stop()
-                raise RuntimeError(f"the local hub exited at start (code {self._proc.returncode if self._proc else '?'}):\n{tail}")
+                raise RuntimeError(f"the local hub exited at start (code {code}):\n{tail}")
             try:
                 self.status(timeout=1.0)
                 return self

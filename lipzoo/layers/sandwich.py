@@ -290,7 +290,7 @@ def _complex_fro_norm(z: torch.Tensor) -> torch.Tensor:
 def _real_right_matrix(M: torch.Tensor) -> torch.Tensor:
     """Real ``(F, 2C, 2C_out)`` matrix ``R`` with ``view_as_real(x) @ R == view_as_real(x @ M^T)`` for complex
     row vectors ``x`` (C,) and ``M`` (F, C_out, C): ``a + ib`` becomes the block ``[[a, b], [-b, a]]``. Real
-    batched GEMMs are much faster than complex ones on CPU (and run in bf16 under autocast)."""
+    batched GEMMs are faster than complex ones on CPU (whose backward copies every matrix of the batch)."""
     Mt = M.transpose(-2, -1)
     a, b = Mt.real, Mt.imag
     nf, c, co = a.shape
@@ -302,8 +302,9 @@ def _spectral_apply(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     n, c, H, W = x.shape
     xf = torch.fft.rfft2(x)  # (N, C, H, W//2+1)
     xr = torch.view_as_real(xf.permute(2, 3, 0, 1)).reshape(-1, n, 2 * c)  # (F, N, 2C)
-    y = torch.bmm(xr, R if torch.is_autocast_enabled(x.device.type) else R.to(xr.dtype))
-    y = torch.view_as_complex(y.to(x.dtype).reshape(H, W // 2 + 1, n, -1, 2))
+    with torch.autocast(device_type=x.device.type, enabled=False):  # small GEMMs: bf16 casts would cost more
+        y = torch.bmm(xr, R.to(xr.dtype))
+    y = torch.view_as_complex(y.reshape(H, W // 2 + 1, n, -1, 2))
     return torch.fft.irfft2(y.permute(2, 3, 0, 1), s=(H, W))
 
 
