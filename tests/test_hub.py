@@ -141,7 +141,7 @@ def honest(ctx):
         import timm, lipzoo
         from huggingface_hub import HfApi, ModelCard, constants
         from lipzoo.hub.card import claims_from_card
-        from lipzoo.hub.download import verified_report_path
+        from lipzoo.hub.download import download_and_report, verified_report_path
         out = {{}}
         m = lipzoo.create_model("sll-xs.cifar10", pretrained=True)
         out["lipzoo"] = state_digest(m)
@@ -155,6 +155,11 @@ def honest(ctx):
         report = verified_report_path(entry["sha256"], claims)
         out["report"] = json.loads(report.read_text()) if report.exists() else None
         out["hf_cache"] = constants.HF_HUB_CACHE
+        import contextlib, io
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            out["report_rc"] = download_and_report("{MODEL_ID}")
+        out["report_text"] = printed.getvalue()
         emit(out)
     '''
     from safetensors.torch import load_file
@@ -328,6 +333,8 @@ def test_download_paths_give_identical_verified_weights(ctx, honest):
     assert report and report["passed"] and report["sha256"] == ctx["entry"]["sha256"]
     assert report["revision"] == ctx["entry"]["revision"] and report["mode"] == "quick"
     assert len(honest["info_sha"]) == 40
+    text = honest["report_text"]  # what `make run` prints: claims vs measured from the cached report
+    assert honest["report_rc"] == 0 and "PASSED" in text and "certified accuracy @ 36/255" in text, text
 
 
 def test_torch_hub_local(ctx, honest):

@@ -26,8 +26,9 @@ from typing import Any, Mapping
 
 from torch import nn
 
-__all__ = ["load_pretrained", "HubError", "IntegrityError", "PickleRefusedError", "HubUnreachableError",
-           "VerificationFailedError", "verification_mode", "verified_report_path", "registry_entry"]
+__all__ = ["load_pretrained", "download_and_report", "HubError", "IntegrityError", "PickleRefusedError",
+           "HubUnreachableError", "VerificationFailedError", "verification_mode", "verified_report_path",
+           "registry_entry"]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -357,3 +358,49 @@ def load_pretrained(
             f"{where} does not reach the accuracies its card claims ({mode} verification); the weights were removed "
             f"from the cache and not loaded as trusted.\n\n{_report_text(report)}", report))
     return model
+
+
+def _report_markdown(record: Mapping[str, Any]) -> str:
+    """The markdown table of a cached verification record (``lipzoo.verify``'s report format)."""
+    try:
+        from dataclasses import fields
+
+        from ..verify import Check, VerificationReport
+
+        data = dict(record["report"])
+        names = {f.name for f in fields(VerificationReport)} - {"result"}
+        data["checks"] = [Check(**c) for c in data.get("checks", [])]
+        return VerificationReport(**{k: v for k, v in data.items() if k in names}).to_markdown()
+    except Exception:  # another report format: show it as it is
+        return json.dumps(record.get("report"), indent=2, default=str)
+
+
+def download_and_report(name: str, verify: bool | str | None = None) -> int:
+    """Download the published weights ``name`` (``'arch.tag'`` or ``'arch'``) like ``lipzoo.create_model(name,
+    pretrained=True)`` and print what was checked: repo, revision, sha256, and claims vs measured. Returns 0 when
+    the weights were loaded (trusted), 1 when they were refused (the reason is printed to stderr)."""
+    import sys
+
+    from .._registry import create_model
+
+    try:
+        model = create_model(name, pretrained=True, verify=verify)
+    except (HubError, ValueError) as e:  # refused weights, or an unknown / unpublished name
+        print(f"{name}: refused ({type(e).__name__})\n{e}", file=sys.stderr)
+        return 1
+    cfg = model.pretrained_cfg
+    repo_id = str(cfg.get("hf_hub_id", "")).partition("@")[0]
+    model_id, entry = registry_entry(repo_id, f"{cfg.get('architecture')}.{cfg.get('tag')}")
+    entry = entry or {}
+    print(f"{model_id or name}: {repo_id} @ {entry.get('revision') or 'main'}\n  model.safetensors sha256 "
+          f"{entry.get('sha256')} (checked)")
+    claims = entry.get("claims")
+    report = verified_report_path(entry["sha256"], claims) if claims and entry.get("sha256") else None
+    if report is not None and report.exists():
+        record = json.loads(report.read_text())
+        print(f"  claims verified ({record.get('mode')} mode, certifier {record.get('certifier_version')}); "
+              f"report cached in {report}\n")
+        print(_report_markdown(record))
+    else:
+        print("  claims NOT verified (no local test set, or verification switched off)")
+    return 0

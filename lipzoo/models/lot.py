@@ -169,11 +169,11 @@ class LOTLipConvNet(LipschitzClassifier):
 
 # name -> blocks per stage; LipConvNet-n has n / 5 blocks per stage
 _DEPTHS = {n: n // 5 for n in range(5, 45, 5)}
-# Compact CPU variant: the LipConvNet structure at init_channels 8 (widths 16@16 .. 256@1), with a second
-# (3x3, stride 1) block in stages 2 and 3. Cost notes (CPU): the Newton-Schulz work is batch independent and
-# grows as c_out^3 per frequency, which is why the width is small; a stride-1 block at full 32x32 resolution
-# (34x34 FFT grid) costs more than the two extra blocks together, so stage 1 keeps one block.
-_XS = dict(init_channels=8, block_size=(1, 2, 2, 1, 1))
+# Compact CPU variant: LOT LipConvNet-5 at init_channels 8 (widths 16@16, 32@8, 64@4, 128@2, 256@1). On CPU the
+# Newton-Schulz work is batch independent and grows as c_out^3 per frequency (the stride-2 layers of stages 3-5
+# dominate), so the width is what costs; extra stride-1 blocks cost ~0.1 s (stages 2-3) to ~0.5 s (stage 1,
+# 34x34 FFT grid) per 256-image training step, so none are added.
+_XS = dict(init_channels=8, block_size=1)
 _PAPER_PARAMS_NOTE_25 = (
     "1LLC (arXiv 2311.16833) Table 4 quotes 27M for 'LOT LipNet-25'; the LOT repo's code gives 20.94M for "
     "LipConvNet-25 (init_channels 32, CIFAR-10, LOT head), and 27.23M is its LipConvNet-35 count; the quoted "
@@ -198,8 +198,8 @@ def _lot(variant: str, pretrained: bool, **kwargs) -> LOTLipConvNet:
 
 def _info(name: str) -> ArchInfo:
     if name == "lot_xs":
-        return ArchInfo(name, "lot", PAPER, "compact LOT LipConvNet for 2-core CPU training: init_channels 8, "
-                        "blocks per stage (1, 2, 2, 1, 1), MaxMin, LOT head", compact=True)
+        return ArchInfo(name, "lot", PAPER, "compact LOT for 2-core CPU training: LipConvNet-5 at init_channels 8 "
+                        "(0.52M parameters), MaxMin, LOT 1x1 head", compact=True)
     depth = int(name.rsplit("net", 1)[1])
     residual = name.startswith("lot_lipresnet")
     kind = "LipResNet (x <- x/2 + block(x)/2 inside stages, the repo's --residual)" if residual else "LipConvNet"
@@ -222,7 +222,7 @@ def _entry(name: str):
     fn.__name__ = fn.__qualname__ = name
     depth = name.rsplit("net", 1)[-1]
     fn.__doc__ = (f"LOT {'LipResNet' if 'resnet' in name else 'LipConvNet'}-{depth} (init_channels 32)."
-                  if name != "lot_xs" else "Compact LOT LipConvNet for CPU training (<= 3M parameters).")
+                  if name != "lot_xs" else "Compact LOT: LipConvNet-5 at init_channels 8, for CPU training.")
     fn.__module__ = __name__
     return register(_info(name))(fn)
 

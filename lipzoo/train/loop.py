@@ -178,12 +178,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _batch_certified(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, lipschitz: float,
-                     eps: float = 36 / 255) -> float:
+                     features: torch.Tensor | None = None, eps: float = 36 / 255) -> float:
     try:
         from .. import certify
 
         with torch.no_grad():
-            radii = certify.label_radii(model, logits.float(), labels, lipschitz=lipschitz)
+            feats = None if features is None else features.detach().float()
+            radii = certify.label_radii(model, logits.float(), labels, features=feats, lipschitz=lipschitz)
         return float((radii > eps).float().mean())
     except Exception:  # a progress metric must never stop a run
         return float("nan")
@@ -273,6 +274,11 @@ def train(
             "recipe": json.loads(json.dumps(recipe.to_dict())),
         }, out.ckpt)
 
+    # the MLP-curvature rule needs the head's input: capture it with a hook (works under DDP too)
+    captured: dict[str, torch.Tensor] = {}
+    if getattr(model, "head_rule", "") == "mlp_curvature":
+        model.get_classifier().register_forward_hook(lambda m, inp, out: captured.__setitem__("features", inp[0]))
+
     last_save = time.time()
     stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
     lipschitz = float(model.lipschitz_bound()) if step < stop_at else 1.0
@@ -298,7 +304,7 @@ def train(
             ctx = torch.autocast(dev.type, dtype=amp_dtype) if use_amp else nullcontext()
             with ctx:
                 logits = train_model(xb)
-            loss = loss_fn(model, logits.float(), yb, lipschitz=lipschitz)
+            loss = loss_fn(model, logits.float(), yb, features=captured.get("features"), lipschitz=lipschitz)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if recipe.grad_clip:
@@ -308,7 +314,8 @@ def train(
             step += 1
             with torch.no_grad():
                 acc = float((logits.argmax(1) == yb).float().mean())
-            cert = _batch_certified(model, logits.detach(), yb, lipschitz) if (i % 10 == 0) else float("nan")
+            cert = _batch_certified(model, logits.detach(), yb, lipschitz, captured.get("features")) \
+                if (i % 10 == 0) else float("nan")
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the lr or check the data")
