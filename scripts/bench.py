@@ -50,14 +50,14 @@ def _layer_cases() -> list[tuple[str, Callable[[], nn.Module], tuple[int, int, i
     try:
         from lipzoo.layers import soc
 
-        cls = getattr(soc, "SOC", None) or getattr(soc, "SOCConv2d")
+        cls = soc.SOCConv2d
         cases.append(("SOC 3x3 (64 -> 64)", lambda: cls(64, 64, 3), (64, 32, 32), 64))
     except Exception as e:  # a family not installed yet must not break the others
         print(f"(SOC skipped: {e})")
     try:
         from lipzoo.layers import lot
 
-        cls = getattr(lot, "LOT", None) or getattr(lot, "LOTConv2d")
+        cls = lot.LOTConv2d
         cases.append(("LOT 3x3 (64 -> 64)", lambda: cls(64, 64, 3), (64, 32, 32), 64))
     except Exception as e:
         print(f"(LOT skipped: {e})")

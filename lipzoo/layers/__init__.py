@@ -1,12 +1,19 @@
 """1-Lipschitz building blocks. A layer knows nothing about models or the hub."""
+from .activations import HouseHolder, HouseHolder2, LipPool, MaxMin, PairMaxPool
 from .base import LipschitzModule, ParametrizationCache, lipschitz_bound_of
-from .heads import HEAD_RULES, LLN
+from .heads import HEAD_RULES, LLN, MLPHead
+from .lot import LOTConv2d, LOTLinear
 from .normalize import InputNormalize
+from .sandwich import SandwichConv, SandwichConv1, SandwichConv1Lin, SandwichFc, SandwichLin
 from .shapes import ChannelPad, CloneChannels, FirstChannels, PixelUnshuffle, SLLAvgPool, SumPool2d
 from .sll import SLLConv2d, SLLLinear
+from .soc import SOCConv2d, SOCHead
 
 __all__ = [
-    "LipschitzModule", "ParametrizationCache", "lipschitz_bound_of", "HEAD_RULES", "LLN", "InputNormalize",
-    "ChannelPad", "CloneChannels", "FirstChannels", "PixelUnshuffle", "SLLAvgPool", "SumPool2d",
+    "LipschitzModule", "ParametrizationCache", "lipschitz_bound_of", "HEAD_RULES", "LLN", "MLPHead",
+    "InputNormalize", "ChannelPad", "CloneChannels", "FirstChannels", "PixelUnshuffle", "SLLAvgPool", "SumPool2d",
+    "MaxMin", "HouseHolder", "HouseHolder2", "LipPool", "PairMaxPool",
+    "SOCConv2d", "SOCHead", "LOTConv2d", "LOTLinear",
+    "SandwichFc", "SandwichLin", "SandwichConv", "SandwichConv1", "SandwichConv1Lin",
     "SLLConv2d", "SLLLinear",
 ]
