@@ -168,11 +168,11 @@ class LipPool(LipschitzModule):
         x, y = split_pairs(z, self.pairing)
         t = _per_pair(self.theta, z.dim()).clamp(0.0, math.pi)
         a = torch.atan2(y, x) % (2 * math.pi)
-        s, c = torch.sin(0.5 * t), torch.cos(0.5 * t)
-        out1 = -x * s + y * c
-        out3 = -x * s - y * c
-        radius = torch.linalg.vector_norm(torch.stack([x, y]), dim=0)  # zero gradient at the origin
-        return torch.where(a < 0.5 * (t + math.pi), out1, torch.where(a < 0.5 * (3 * math.pi - t), radius, out3))
+        xs, yc = x * torch.sin(0.5 * t), y * torch.cos(0.5 * t)
+        r2 = x * x + y * y
+        on = r2 > 0
+        radius = torch.sqrt(torch.where(on, r2, torch.ones_like(r2))) * on  # sqrt(r2), zero gradient at the origin
+        return torch.where(a < 0.5 * (t + math.pi), yc - xs, torch.where(a < 0.5 * (3 * math.pi - t), radius, -xs - yc))
 
     def lipschitz_bound(self) -> float:
         return 1.0

@@ -99,10 +99,17 @@ def conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = F
 
     ``horner=False``: running sum ``t <- S t / j`` (ICML'21 code); ``horner=True``:
     ``z <- x + S z / j`` for ``j = order..1`` (improved code). Equal in exact arithmetic.
+
+    Runs in the kernel's dtype (float32/float64) even under autocast: a bf16 Taylor sum loses orthogonality,
+    and on CPU the bf16 weight gradients of these small-map, many-channel convolutions are 20-40x slower than
+    float32 (oneDNN, measured on this project's 2-core machine), so bf16 makes SOC training slower, not faster.
     """
     pad = kernel.shape[-1] // 2
-    if torch.amp.is_autocast_available(x.device.type) and torch.is_autocast_enabled(x.device.type):  # cast the kernel once, not once per term
-        kernel = kernel.to(torch.get_autocast_dtype(x.device.type))
+    with _autocast_off(x.device):
+        return _conv_exp(x.to(kernel.dtype), kernel, order, horner, pad)
+
+
+def _conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool, pad: int) -> torch.Tensor:
     if horner:
         z = x
         for j in range(order, 0, -1):

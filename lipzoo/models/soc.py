@@ -175,8 +175,9 @@ class SOCLipConvNet(LipschitzClassifier):
 # --- registry -------------------------------------------------------------------------------------------------
 
 _DEPTHS = (5, 10, 15, 20, 25, 30, 35, 40)
-# Compact CPU variant: the improved structure at c = 16, one layer per stage, LipPool and an LLN head.
-_XS = dict(block_size=1, init_channels=16, version="improved", activation="maxmin", pooling="lip1", head="lln")
+# Compact CPU variant: the ICML'21 LipConvNet-5 at c = 8 (widths 16 @16 ... 256 @1) with an LLN head. On the
+# 2-core CPU it is the cheapest SOC structure per image (the improved one adds a 32x32 layer).
+_XS = dict(block_size=1, init_channels=8, version="icml21", activation="maxmin", head="lln")
 
 _PARAMS_NOTE = (
     "lipzoo counts every tensor of the code (the full SOC kernel P, of which the layer uses the skew half; "
@@ -197,7 +198,7 @@ def _soc(variant: str, pretrained: bool, **kwargs) -> SOCLipConvNet:
 
 def _info(name: str) -> ArchInfo:
     if name == "soc_xs":
-        return ArchInfo(name, "soc", PAPER_IMPROVED, "compact SOC LipConvNet for 2-core CPU training: "
+        return ArchInfo(name, "soc", PAPER, "compact SOC LipConvNet for 2-core CPU training: "
                         + ", ".join(f"{k}={v}" for k, v in _XS.items()), compact=True)
     n = int(name[len("soc_lipconvnet"):])
     paper = (
@@ -264,5 +265,5 @@ def soc_lipconvnet40(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
 
 @register(_info("soc_xs"))
 def soc_xs(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """Compact SOC LipConvNet for CPU training (<= 3M parameters); the improved structure scaled down."""
+    """Compact SOC LipConvNet for CPU training (~1M parameters): LipConvNet-5 at init_channels 8, LLN head."""
     return _soc("soc_xs", pretrained, **kwargs)
