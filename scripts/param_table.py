@@ -55,6 +55,7 @@ def main() -> int:
     md = markdown(table)
     print(md)
     if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(table, indent=2))
     if a.markdown:
         Path(a.markdown).write_text(md + "\n")

@@ -403,6 +403,19 @@ def test_registered_lipconvnets_match_the_authors_counts(depth):
     assert info.family == "soc" and info.paper_params_note
 
 
+_IMPROVED_COUNTS = {  # notes §2.3, computed from the improved repo's code (CIFAR-10)
+    ("lln", 5): 16.75, ("lln", 10): 21.73, ("lln", 40): 51.61, ("mlp", 5): 25.17, ("mlp", 10): 30.16, ("mlp", 40): 60.04,
+}
+
+
+@pytest.mark.parametrize("head,depth", sorted(_IMPROVED_COUNTS))
+def test_improved_structure_matches_the_authors_counts(head, depth):
+    with torch.device("meta"):
+        m = SOCLipConvNet(block_size=depth // 5, version="improved", head=head, pooling="max")  # CLI defaults
+    assert round(sum(p.numel() for p in m.parameters()) / 1e6, 2) == _IMPROVED_COUNTS[(head, depth)]
+    assert m.num_features == (2048 if head == "mlp" else 1024)
+
+
 @pytest.mark.parametrize("name", ["soc_lipconvnet5", "soc_xs"])
 def test_small_registered_models_forward(name):
     import timm
@@ -413,7 +426,9 @@ def test_small_registered_models_forward(name):
         with torch.no_grad():
             out = m(x)
         assert out.shape == (2, nc) and torch.isfinite(out).all()
-    assert math.isfinite(m.lipschitz_bound())
+    if name == "soc_xs":
+        bound = m.lipschitz_bound()
+        assert 1 / 0.2507 <= bound < 1 / 0.2507 * 1.001
 
 
 def test_soc_xs_is_compact():
@@ -459,6 +474,7 @@ def test_bf16_autocast_channels_last():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         conv = m.features[1][0].conv
         assert conv.normalized_kernel().dtype == torch.float32  # parametrisation stays float32
+        assert conv(torch.rand(2, 4, 32, 32, dtype=torch.bfloat16)).dtype == torch.float32  # so do the SOC convs
         loss = F.cross_entropy(m.train()(x), y)
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
