@@ -168,7 +168,8 @@ def _soc(c_in, c_out, k, s, version, extra, seed):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("shape", SOC_SHAPES, ids=[f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-{s[6]}-{i}" for i, s in enumerate(SOC_SHAPES)])
+@pytest.mark.parametrize("shape", SOC_SHAPES, ids=[f"{s[0]}-{s[1]}-k{s[2]}-s{s[3]}-{s[6]}-{i}"
+                                                 for i, s in enumerate(SOC_SHAPES)])
 def test_soc_lipschitz_bound_holds(shape, seed):
     c_in, c_out, k, s, h, w, version, extra = shape
     m = _soc(c_in, c_out, k, s, version, extra, seed)
@@ -357,6 +358,19 @@ def test_icml21_power_iteration_schedule(monkeypatch):
     assert calls == [1]
 
 
+def test_soc_head_keeps_the_first_classes():
+    torch.manual_seed(0)
+    head = SOCHead(16, 5, version="improved").double().eval()
+    f = torch.randn(3, 16, dtype=torch.float64)
+    out = head(f)
+    assert out.shape == (3, 5) and torch.equal(out, head(f.view(3, 16, 1, 1)))
+    k = head.conv.normalized_kernel()
+    assert k.shape == (16, 16, 1, 1)  # square 16 x 16 exponential, then the first 5 outputs
+    full = torch.linalg.matrix_exp(k[:, :, 0, 0]) @ f.T
+    assert torch.allclose(out, full.T[:, :5] + head.conv.bias, atol=1e-9)
+    assert head.lipschitz_bound() == head.conv.lipschitz_bound()
+
+
 def test_horner_equals_running_sum():
     k = skew_kernel(torch.randn(5, 5, 3, 3, dtype=torch.float64)) * 0.1
     x = torch.randn(2, 5, 6, 6, dtype=torch.float64)
@@ -404,7 +418,8 @@ def test_registered_lipconvnets_match_the_authors_counts(depth):
 
 
 _IMPROVED_COUNTS = {  # notes §2.3, computed from the improved repo's code (CIFAR-10)
-    ("lln", 5): 16.75, ("lln", 10): 21.73, ("lln", 40): 51.61, ("mlp", 5): 25.17, ("mlp", 10): 30.16, ("mlp", 40): 60.04,
+    ("lln", 5): 16.75, ("lln", 10): 21.73, ("lln", 40): 51.61,
+    ("mlp", 5): 25.17, ("mlp", 10): 30.16, ("mlp", 40): 60.04,
 }
 
 
@@ -421,10 +436,12 @@ def test_small_registered_models_forward(name):
     import timm
 
     x = torch.rand(2, 3, 32, 32)
-    for nc in (10, 100):
-        m = timm.create_model(name, num_classes=nc).eval()
+    m = timm.create_model(name, num_classes=100).eval()  # built once: the body does not depend on the classes
+    for nc in (100, 10):
+        if nc != 100:
+            m.reset_classifier(nc, allow_uncertified=True)
         with torch.no_grad():
-            out = m(x)
+            out = m.eval()(x)
         assert out.shape == (2, nc) and torch.isfinite(out).all()
     if name == "soc_xs":
         bound = m.lipschitz_bound()

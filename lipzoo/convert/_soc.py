@@ -132,7 +132,7 @@ def _soc_layer_args(a: dict[str, Any], improved: bool) -> dict[str, Any]:
     if improved:
         return dict(version="improved", train_order=a["train_terms"] - 1, eval_order=a["eval_terms"] - 1,
                     correction=a["multiplier"], init_iters=a["init_iters"], update_iters=a["update_iters"],
-                    update_freq=None, bias=a["bias"])
+                    update_freq=0, bias=a["bias"])
     return dict(version="icml21", train_order=a["train_terms"], eval_order=a["eval_terms"], correction=a["correction"],
                 init_iters=a["init_iters"], update_iters=a["update_iters"], update_freq=a["update_freq"],
                 bias=a["bias"])
@@ -218,8 +218,8 @@ def _build_simple(spec: dict[str, Any], improved: bool) -> tuple[nn.Module, Call
         a = _bind(spec, ["in_features", "out_features", "bias"], dict(bias=True))
         return LLN(a["in_features"], a["out_features"], bias=a["bias"], eps=0.0), _identity_key
     if cls == "CRC_Full":
-        a = _bind(spec, ["num_features", "num_classes", "num_hidden"], dict(num_hidden=None, act_beta=1.0,
-                                                                             act_thresh=20.0, init_iters=50, update_iters=1))
+        a = _bind(spec, ["num_features", "num_classes", "num_hidden"],
+                  dict(num_hidden=None, act_beta=1.0, act_thresh=20.0, init_iters=50, update_iters=1))
         head = MLPHead(a["num_features"], a["num_classes"], num_hidden=a["num_hidden"], beta=a["act_beta"],
                        threshold=a["act_thresh"], init_iters=a["init_iters"], update_iters=a["update_iters"])
 

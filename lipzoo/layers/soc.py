@@ -50,7 +50,7 @@ Version = Literal["icml21", "improved"]
 # Per-version defaults (see the module docstring): Taylor orders are the highest power K.
 _VERSIONS: dict[str, dict] = {
     "icml21": dict(train_order=5, eval_order=12, correction=0.7, update_freq=200, horner=False),
-    "improved": dict(train_order=5, eval_order=14, correction=1.0, update_freq=None, horner=True),
+    "improved": dict(train_order=5, eval_order=14, correction=1.0, update_freq=0, horner=True),
 }
 
 # Fantastic Four reshapes of a (C_out, C_in, kh, kw) kernel L (o, i, a, b): M1 = [(o,a), (i,b)],
@@ -105,8 +105,10 @@ def conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = F
     float32 (oneDNN, measured on this project's 2-core machine), so bf16 makes SOC training slower, not faster.
     """
     pad = kernel.shape[-1] // 2
+    if x.dtype in (torch.float16, torch.bfloat16):  # autocast activations; never a silent float64 -> float32
+        x = x.to(kernel.dtype)
     with _autocast_off(x.device):
-        return _conv_exp(x.to(kernel.dtype), kernel, order, horner, pad)
+        return _conv_exp(x, kernel, order, horner, pad)
 
 
 def _conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool, pad: int) -> torch.Tensor:
@@ -173,8 +175,9 @@ class SOCConv2d(LipschitzModule):
         correction: scale of the normalised kernel (icml21 0.7, improved 1.0; forced to 1.0 for k = 1).
         init_iters: power iterations at construction and in :meth:`update_sigma` (50).
         update_iters: power iterations per training forward (1).
-        update_freq: icml21 only: every ``update_freq``-th training forward (from the first, counted by a
-            Python counter that restarts at 0 after construction) runs ``init_iters`` instead (200).
+        update_freq: every ``update_freq``-th training forward (from the first, counted by a Python counter
+            that restarts at 0 after construction) runs ``init_iters`` instead; 0 = never (icml21: 200,
+            improved: 0; the improved recipe calls :meth:`update_sigma` itself).
         float32_norm: normalise power-iteration vectors with a float32 norm and the authors' reductions (the
             ICML'21 code's numerics). Only the train-mode vectors' last ~7 digits depend on it, and those also
             depend on the machine's float32 summation order, so bitwise reproduction is not guaranteed.
@@ -193,7 +196,7 @@ class SOCConv2d(LipschitzModule):
         correction: float | None = None,
         init_iters: int = 50,
         update_iters: int = 1,
-        update_freq: int | None = -1,
+        update_freq: int | None = None,
         float32_norm: bool = False,
     ):
         super().__init__()
@@ -212,7 +215,7 @@ class SOCConv2d(LipschitzModule):
         self.eval_order = d["eval_order"] if eval_order is None else int(eval_order)
         self.horner = d["horner"]
         self.init_iters, self.update_iters = init_iters, update_iters
-        self.update_freq = d["update_freq"] if update_freq == -1 else update_freq
+        self.update_freq = d["update_freq"] if update_freq is None else int(update_freq)
         self.float32_norm = float32_norm
         self._train_steps = 0  # Python counter, not saved (as in the ICML'21 code)
 
@@ -282,7 +285,7 @@ class SOCConv2d(LipschitzModule):
         self.power_iteration(self.init_iters if iters is None else iters)
 
     def _train_step_iterations(self) -> int:
-        if self.update_freq is not None and self._train_steps % self.update_freq == 0:
+        if self.update_freq > 0 and self._train_steps % self.update_freq == 0:
             n = self.init_iters
         else:
             n = self.update_iters

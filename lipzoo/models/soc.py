@@ -105,7 +105,8 @@ class SOCLipConvNet(LipschitzClassifier):
             raise ValueError(f"head must be one of {tuple(HEADS)}, got {head!r}")
         if block_size < 1 or input_size % 32:
             raise ValueError(f"need block_size >= 1 and input_size a multiple of 32, got {block_size}, {input_size}")
-        _activation(activation, 2), _pooling(pooling, 2)  # validate names early
+        if activation not in ACTIVATIONS or pooling not in POOLINGS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS} and pooling one of {POOLINGS}")
         self.version, self.activation, self.pooling, self.head_type = version, activation, pooling, head
         self.head_rule = HEADS[head]
         self.num_classes = num_classes
@@ -128,8 +129,9 @@ class SOCLipConvNet(LipschitzClassifier):
             for j in range(b):
                 last = j == b - 1
                 stride, k = (2, 1 if s == 4 else 3) if last else (1, 3)
-                blocks.append(_block(self._conv(c_in, planes * stride, k, stride), _activation(self.activation, planes * stride)))
-                c_in = planes * stride
+                c_out = planes * stride
+                blocks.append(_block(self._conv(c_in, c_out, k, stride), _activation(self.activation, c_out)))
+                c_in = c_out
             stages.append(nn.Sequential(*blocks))
             planes = c_in
         return stages, c_in
