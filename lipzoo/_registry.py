@@ -113,6 +113,14 @@ def create_model(
     return model
 
 
+def _measured() -> dict[str, Any]:
+    """Epoch times measured by ``scripts/bench.py models`` (``lipzoo/measured.json``)."""
+    import json
+
+    path = Path(__file__).resolve().parent / "measured.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def count_parameters(model: nn.Module) -> int:
     """Counting rule: every tensor in ``model.parameters()`` (trainable or not), no buffers."""
     return sum(p.numel() for p in model.parameters())
@@ -146,5 +154,6 @@ def model_info(name: str, num_classes: int = 10) -> dict[str, Any]:
         if getattr(model, "normalize", None) is not None and model.normalize.std.device.type != "meta" else None,
         "compact": info.compact,
         "pretrained_tags": [k for k in list_pretrained(arch)],
+        "measured_training": _measured().get(arch),
         **info.extra,
     }

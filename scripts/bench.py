@@ -131,9 +131,23 @@ def bench_models() -> list[dict]:
         row = {"model": name, "params": sum(p.numel() for p in model.parameters()), "train_images_per_s": ips,
                "epoch_seconds": 50000 / ips}
         rows.append(row)
+        _record_measurement(name, row)
         print(f"{name:14s} {row['params'] / 1e6:6.2f} M params  {ips:7.1f} img/s  epoch {row['epoch_seconds'] / 60:5.1f} min"
               f"  (batch 256, bf16 autocast, channels_last)", flush=True)
     return rows
+
+
+MEASURED_JSON = REPO / "lipzoo" / "measured.json"
+
+
+def _record_measurement(name: str, row: dict) -> None:
+    """Keep the measured epoch time for ``lipzoo.model_info`` (package data written only by this script)."""
+    data = json.loads(MEASURED_JSON.read_text()) if MEASURED_JSON.exists() else {}
+    data[name] = {"train_images_per_s": round(row["train_images_per_s"], 1),
+                  "epoch_minutes": round(row["epoch_seconds"] / 60, 2),
+                  "how": f"python scripts/bench.py models (batch 256, bf16 autocast, channels_last, "
+                         f"{torch.get_num_threads()} threads, torch {torch.__version__})"}
+    MEASURED_JSON.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def bench_train() -> list[dict]:
