@@ -140,7 +140,7 @@ def test_each_loss_decreases_on_a_fixed_batch(kind):
         loss = loss_fn(model, model(x), y)
         first = float(loss.detach()) if first is None else first
         opt.zero_grad(); loss.backward(); opt.step()
-    assert float(loss_fn(model, model(x), y)) < first
+    assert float(loss_fn(model, model(x), y).detach()) < first
 
 
 def test_certificate_regularisation_increases_the_mean_margin():
