@@ -20,12 +20,13 @@ A failed check emits an :class:`AuditWarning` and makes ``report.ok`` False.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -302,19 +303,49 @@ def audit(
     rtol: float = 1e-4,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    rounding: bool = True,
 ) -> AuditReport:
     """Audit ``model`` (see the module docstring) on test ``images`` in [0, 1] (N, C, H, W).
 
     ``n_probe`` images feed the Jacobian and ratio checks; up to ``n_attack`` points with a positive certified
     radius (correct ones only when ``labels`` are given) are attacked with ``pgd_steps`` x ``restarts`` PGD-l2.
     ``pair_steps`` Adam steps search for a large ``||F(x) - F(y)|| / ||x - y||``. ``dtype`` float64 audits in float64
-    (tighter layer estimates). The defaults are CI-sized; ``lipzoo audit`` uses larger ones. The audit runs on a
-    frozen copy of the model; the model itself is left unchanged.
+    (tighter layer estimates). ``rounding=False`` skips the float32-vs-float64 check (it recomputes every
+    parametrisation in float64). The defaults are CI-sized; ``lipzoo audit`` uses larger ones.
+
+    The model is audited in eval mode with its parameters frozen (gradients flow only to the inputs); its
+    modes and ``requires_grad`` flags are restored afterwards and its weights are never written, so eval-time
+    parametrisation caches are reused. A ``dtype`` other than the model's works on a converted copy.
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError("audit in float32 or float64")
-    # a frozen copy: gradients only flow to the inputs, and the caller's model is never touched
-    model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+    params = list(model.parameters())
+    if params and any(p.dtype != dtype for p in params):
+        model = copy.deepcopy(model).to(dtype)
+    with _frozen(model):
+        return _audit(model, images, labels, n_probe, power_iters, pgd_steps, restarts, n_attack, pair_steps, deep,
+                      rtol, dtype, seed, rounding)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode without parameter gradients; every module's mode and flag restored on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    model.eval().requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:  # parents first: a child is corrected after its parent's recursive train()
+            if m.training != mode:
+                m.train(mode)
+
+
+def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, n_probe: int, power_iters: int,
+           pgd_steps: int, restarts: int, n_attack: int, pair_steps: int, deep: bool, rtol: float,
+           dtype: torch.dtype, seed: int, rounding: bool) -> AuditReport:
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     images = images.to(device=device, dtype=dtype)
@@ -352,15 +383,15 @@ def audit(
                         f"inside their certified radius (indices {pgd['violating_indices'][:10]})")
     seconds["pgd"], clock = time.perf_counter() - clock, time.perf_counter()
 
-    rounding = _rounding_check(model, probe) if dtype == torch.float32 else {"checked": False}
-    if rounding.get("checked") and not rounding["ok"]:
-        problems.append(f"float32 logit error is {rounding['worst_ratio']:.3g}x the certifier's rounding slack")
+    rounded = _rounding_check(model, probe) if dtype == torch.float32 and rounding else {"checked": False}
+    if rounded.get("checked") and not rounded["ok"]:
+        problems.append(f"float32 logit error is {rounded['worst_ratio']:.3g}x the certifier's rounding slack")
     seconds["rounding"] = time.perf_counter() - clock
 
-    report = AuditReport(rule, bound, checks, product, model_est, model_ok, pgd, rounding, rtol, problems,
+    report = AuditReport(rule, bound, checks, product, model_est, model_ok, pgd, rounded, rtol, problems,
                          {k: round(v, 3) for k, v in seconds.items()})
     for p in problems:
-        warnings.warn(f"lipzoo audit: {p}", AuditWarning, stacklevel=2)
+        warnings.warn(f"lipzoo audit: {p}", AuditWarning, stacklevel=3)
     return report
 
 

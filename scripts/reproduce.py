@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """Download every published model through the local hub, verify its claims, write claimed-vs-measured tables.
 
-    python scripts/reproduce.py [--quick] [--out results/zoo] [--update-readme]
+    python scripts/reproduce.py [--quick] [--audit N] [--out results/zoo] [--update-readme]
 
 Starts the embedded hub (olah on 127.0.0.1) serving the project's ``hub/``, then, for each entry of
 ``lipzoo/hub/published.json``, runs a fresh interpreter with ``HF_ENDPOINT`` pointing at it (huggingface_hub reads
 it at import) and a temporary ``HF_HOME``, which downloads the model with ``lipzoo.create_model(name,
-pretrained=True)`` (sha256-checked) and verifies the claims of its card on the CIFAR test set (full by default).
+pretrained=True)`` (sha256-checked), verifies the claims of its card on the CIFAR test set (full by default) and
+audits it (``lipzoo.audit``: PGD-l2 on ``--audit`` certified test points, each inside its own certified radius).
 Writes ``<out>.md`` and ``<out>.json``; ``--update-readme`` replaces the README's "Model zoo" table.
 """
 from __future__ import annotations
@@ -34,16 +35,30 @@ t = time.time()
 model = lipzoo.create_model(name, pretrained=True, verify=False)
 claims = json.loads(open(sys.argv[3]).read())
 report = verify(model, claims, mode=mode)
-print("LIPZOO_JSON" + json.dumps({"name": name, "mode": mode, "passed": bool(report.passed),
-      "report": report.to_dict(), "seconds": time.time() - t}, default=str))
+out = {"name": name, "mode": mode, "passed": bool(report.passed), "report": report.to_dict(),
+       "seconds": time.time() - t}
+n_attack = int(sys.argv[4])
+if n_attack:
+    import torch
+    from lipzoo.audit import audit
+    from lipzoo.data import CIFAR
+    t = time.time()
+    x, y = CIFAR(claims.get("dataset", "cifar10"), "test").tensors()
+    # PGD-l2 on the first n_attack correctly classified points with a positive certified radius
+    a = audit(model, x[: 4 * n_attack], y[: 4 * n_attack], n_attack=n_attack, pgd_steps=50, restarts=2,
+              power_iters=10, n_probe=4, pair_steps=10, rounding=True)
+    out["audit"] = {"ok": a.ok, "pgd": a.pgd, "model_estimate": a.model_estimate, "problems": a.problems,
+                    "seconds": time.time() - t}
+    out["passed"] = out["passed"] and a.ok
+print("LIPZOO_JSON" + json.dumps(out, default=str))
 """
 
 
-def _verify_one(name: str, claims: dict, endpoint: str, mode: str, hf_home: str) -> dict:
+def _verify_one(name: str, claims: dict, endpoint: str, mode: str, hf_home: str, n_attack: int) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(claims, f)
     env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=hf_home, LIPZOO_VERIFY="0")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, name, mode, f.name], env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", _CHILD, name, mode, f.name, str(n_attack)], env=env, capture_output=True, text=True,
                           cwd=REPO)
     os.unlink(f.name)
     for line in proc.stdout.splitlines():
@@ -59,8 +74,8 @@ def _pct(x) -> str:
 def markdown(rows: list[dict], published: dict) -> str:
     eps_labels = ["36/255", "72/255", "108/255", "255/255"]
     head = "| model | clean (claimed / measured) | " + " | ".join(f"cert {e} (claimed / measured)" for e in eps_labels) \
-        + " | L bound | verified |"
-    lines = [head, "|" + "---|" * (len(eps_labels) + 4)]
+        + " | L bound | PGD violations | verified |"
+    lines = [head, "|" + "---|" * (len(eps_labels) + 5)]
     for r in rows:
         claims = published[r["name"]].get("claims") or {}
         measured = {}
@@ -72,6 +87,8 @@ def markdown(rows: list[dict], published: dict) -> str:
             m = measured.get(f"certified accuracy @ {e}")
             cells.append(f"{_pct(c)} / {_pct(m)}")
         cells.append(f"{claims.get('lipschitz_bound', float('nan')):.6f}")
+        pgd = (r.get("audit") or {}).get("pgd")
+        cells.append(f"{pgd['n_violations']} / {pgd['n_attacked']}" if pgd else "—")
         cells.append(("pass" if r.get("passed") else "**FAIL**") + f" ({r.get('mode')})")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -82,6 +99,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="verify on the 1000-image stratified subset only")
     p.add_argument("--out", default=str(REPO / "results" / "zoo"))
     p.add_argument("--update-readme", action="store_true")
+    p.add_argument("--audit", type=int, default=500, metavar="N",
+                   help="also attack N certified test points of each model with PGD inside their radius (0: skip)")
     a = p.parse_args()
     from lipzoo.hub.server import LocalHub
     from lipzoo.models._builder import published_weights
@@ -95,11 +114,11 @@ def main() -> int:
     with LocalHub(root=REPO / "hub") as hub, tempfile.TemporaryDirectory() as hf_home:
         print(f"local hub at {hub.endpoint}; verifying {len(published)} model(s) ({mode})", flush=True)
         for name in sorted(published):
-            row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home)
+            row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home, a.audit)
             rows.append(row)
             print(f"  {name}: {'pass' if row.get('passed') else 'FAIL'}" + (f"  {row.get('error', '')[-300:]}" if 'error' in row else ""), flush=True)
     md = markdown(rows, published)
-    cmd = f"python scripts/reproduce.py{' --quick' if a.quick else ''}"
+    cmd = f"python scripts/reproduce.py{' --quick' if a.quick else ''}{f' --audit {a.audit}' if a.audit != 500 else ''}"
     md_full = md + f"\n\nReproduce: `{cmd}` (downloads every model through the local hub and re-certifies it)."
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

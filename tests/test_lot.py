@@ -1,7 +1,6 @@
 """LOT family: reference fixtures, proven bounds, caches, registered models, autocast."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -16,26 +15,18 @@ from lipzoo.layers import activations
 from lipzoo.layers.lot import LOTConv2d, LOTLinear, fft_shift, lot_orthogonalize
 from lipzoo.models._builder import ARCHS
 from lipzoo.models.lot import LOTLipConvNet
+from _fixtures import load_reference_case
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference" / "lot"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
 SOC_STD = 0.2507
 
 
-def _load_case(case: str):
-    from safetensors.torch import load_file
-
-    spec = json.loads((FIXTURES / f"{case}.json").read_text())
-    tensors = load_file(str(FIXTURES / f"{case}.safetensors"))
-    state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
-    return spec, state, tensors
-
-
 # ------------------------------------------------------------------------------------------ (a) fixtures
 @pytest.mark.skipif(not CASES, reason="reference fixtures not available")
 @pytest.mark.parametrize("case", CASES)
 def test_reference_fixture_eval(case):
-    spec, state, t = _load_case(case)
+    spec, state, t = load_reference_case(FIXTURES / case)
     module = from_reference(spec, state).eval()
     with torch.no_grad():
         out = module(t["input"])
@@ -52,7 +43,7 @@ def test_reference_fixture_eval(case):
 
 @pytest.mark.skipif(not CASES, reason="reference fixtures not available")
 def test_reference_fixture_float32_within_float32_tolerance():
-    spec, state, t = _load_case("lot_conv3x3_s2")
+    spec, state, t = load_reference_case(FIXTURES / "lot_conv3x3_s2")
     module = from_reference(spec, state).float().eval()
     with torch.no_grad():
         out = module(t["input"].float())

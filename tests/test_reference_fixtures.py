@@ -5,26 +5,16 @@ eval output must match the recorded output within the case's suggested float64 t
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from lipzoo.convert import from_reference
+from _fixtures import load_reference_case
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference"
 CASES = sorted(FIXTURES.glob("*/*.json")) if FIXTURES.exists() else []
-
-
-def _load_case(path: Path):
-    spec = json.loads(path.read_text())
-    tensors = load_file(str(path.with_suffix(".safetensors")))
-    state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
-    if spec.get("state_storage_dtype") == "float32":
-        state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
-    return spec, state, tensors
 
 
 def test_fixtures_present():
@@ -33,7 +23,7 @@ def test_fixtures_present():
 
 @pytest.mark.parametrize("path", CASES, ids=[f"{p.parent.name}/{p.stem}" for p in CASES])
 def test_reference_eval_output(path: Path):
-    spec, state, tensors = _load_case(path)
+    spec, state, tensors = load_reference_case(path, upcast=True)
     module = from_reference(spec, state)
     module.eval()
     with torch.no_grad():

@@ -1,7 +1,6 @@
 """Sandwich (LBDN) layers, models and converter: reference fixtures, proven bounds, caches, alpha, autocast."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -15,19 +14,11 @@ from lipzoo.layers.sandwich import (
     SandwichConv, SandwichConv1, SandwichConv1Lin, SandwichFc, SandwichLin, cayley, fft_kernel, sandwich_bound,
 )
 from lipzoo.models.sandwich import SandwichNet
+from _fixtures import load_reference_case
 
 FIXTURES = Path("/work/shared/fixtures/reference/sandwich")
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json")) if FIXTURES.exists() else []
 REL = 1e-6  # relative slack of the Lipschitz checks (float64 evaluation)
-
-
-def _load_case(case: str):
-    from safetensors.torch import load_file
-
-    spec = json.loads((FIXTURES / f"{case}.json").read_text())
-    tensors = load_file(str(FIXTURES / f"{case}.safetensors"))
-    state = {k[len("state."):]: v for k, v in tensors.items() if k.startswith("state.")}
-    return spec, state, tensors
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -37,7 +28,7 @@ def _load_case(case: str):
 @pytest.mark.skipif(not CASES, reason="reference fixtures not available")
 @pytest.mark.parametrize("case", CASES)
 def test_fixture_eval_output(case):
-    spec, state, tensors = _load_case(case)
+    spec, state, tensors = load_reference_case(FIXTURES / case)
     module = from_reference(spec, state)
     with torch.no_grad():
         out = module(tensors["input"])
@@ -54,7 +45,7 @@ def test_fixture_eval_output(case):
 
 @pytest.mark.skipif("kwl_small_img8" not in CASES, reason="reference fixtures not available")
 def test_lbdn_checkpoint_prefix_missing_alpha_and_load_checkpoint(tmp_path):
-    spec, state, tensors = _load_case("kwl_small_img8")
+    spec, state, tensors = load_reference_case(FIXTURES / "kwl_small_img8")
     ref = from_reference(spec, state)
     # a DataParallel-prefixed checkpoint saved before any forward has no conv alpha (authors' lazy init)
     conv_ids = [0, 1, 2, 3]
@@ -425,16 +416,6 @@ def test_registered_models(name, num_classes):
         with torch.no_grad():
             out = m.eval()(torch.rand(2, 3, 32, 32))
         assert out.shape == (2, num_classes) and bool(torch.isfinite(out).all())
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,num_classes", [("sandwich_l", 10), ("sandwich_l", 100), ("sandwich_dnn", 10),
-                                              ("sandwich_m", 100)])
-def test_large_model_forward(name, num_classes):
-    m = lipzoo.create_model(name, num_classes=num_classes).eval()
-    with torch.no_grad():
-        out = m(torch.rand(2, 3, 32, 32))
-    assert out.shape == (2, num_classes) and bool(torch.isfinite(out).all())
 
 
 def test_xs_bound_and_gamma():

@@ -456,19 +456,6 @@ def test_soc_xs_is_compact():
     assert lipzoo.models.ARCHS["soc_xs"].compact
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("depth", [10, 15, 20, 25, 30, 35, 40])
-def test_deep_registered_models_forward(depth):
-    import timm
-
-    m = timm.create_model(f"soc_lipconvnet{depth}", num_classes=10).eval()
-    x = torch.rand(2, 3, 32, 32)
-    with torch.no_grad():
-        assert m(x).shape == (2, 10)
-        m.reset_classifier(100, allow_uncertified=True)
-        assert m.eval()(x).shape == (2, 100)
-
-
 @pytest.mark.parametrize("kwargs", [dict(version="improved", head="mlp", activation="hh2", pooling="lip1"),
                                     dict(version="icml21", head="lln", activation="hh1"),
                                     dict(version="improved", head="soc", block_size=2, pooling="max")])

@@ -6,8 +6,9 @@
   rescaling, FFT shift matrices ...). The cache key covers every parameter and buffer (storage pointer and
   version counter, i.e. any in-place change, ``load_state_dict`` or ``.to()``), the dtype/device and an
   extra key given by the layer (e.g. the input's spatial size). ``train()`` and ``load_state_dict`` clear it
-  as well. In training mode nothing is cached, so gradients flow to the parameters; in eval mode the cached
-  value is computed without autograd (gradients still flow to the *input*, as the audit needs).
+  as well (``eval()`` keeps it). In training mode nothing is cached, so gradients flow to the parameters; in
+  eval mode the cached value is computed without autograd (gradients still flow to the *input*, as the audit
+  needs).
 """
 from __future__ import annotations
 
@@ -39,14 +40,17 @@ class LipschitzModule(nn.Module):
     def lipschitz_bound(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # Cache invalidation hooks: any ParametrizationCache attribute is cleared on train()/load/_apply.
+    # Cache invalidation hooks: any ParametrizationCache attribute is cleared on train(True)/load/_apply.
+    # eval() keeps a cache: its key still detects any change of the weights, so a model switched to eval
+    # twice (e.g. by the audit) does not recompute an expensive parametrisation.
     def _lipzoo_clear_caches(self) -> None:
         for value in self.__dict__.values():
             if isinstance(value, ParametrizationCache):
                 value.clear()
 
     def train(self, mode: bool = True):
-        self._lipzoo_clear_caches()
+        if mode:
+            self._lipzoo_clear_caches()
         return super().train(mode)
 
     def _apply(self, fn, *args, **kwargs):

@@ -216,6 +216,7 @@ class LOTConv2d(LipschitzModule):
         self.weight = nn.Parameter(torch.empty(out_channels, c_in, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
         self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)
         self._last_dtype: torch.dtype | None = None
         self.reset_parameters()
 
@@ -330,9 +331,13 @@ class LOTConv2d(LipschitzModule):
         ``k = 1`` the size does not matter). The bound is ``max_f ||W_f||_2`` of the matrices the forward
         applies in the current mode (train/eval iterations) and the last forward's precision, computed in
         float64 (module docstring): measured on the realised matrices, so it holds whether or not Newton-Schulz
-        has converged (it is ~1 - eps/2 when it has).
+        has converged (it is ~1 - eps/2 when it has). Cached in eval mode like the weights.
         """
-        w = self.realised_weights(input_size)
+        size = None if self.kernel_size == 1 else self._resolve_size(input_size)
+        return self._bound_cache.get(lambda: self._spectral_bound(size), extra=(size, self._last_dtype))
+
+    def _spectral_bound(self, size: Size2 | None) -> float:
+        w = self.realised_weights(size)
         w64 = w.to(torch.complex128 if w.is_complex() else torch.float64)
         return float(torch.linalg.matrix_norm(w64, ord=2).max()) * (1.0 + _SVD_SLACK)
 

@@ -130,6 +130,7 @@ class _SandwichMatrix(LipschitzModule):
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.alpha = nn.Parameter(torch.empty(()))
         self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)  # lipschitz_bound() in eval mode
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -192,8 +193,11 @@ class SandwichFc(_SandwichMatrix):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        A, B = self.factors()  # the forward applies sqrt2 to the activations: the operators are exactly these
-        return abs(self.scale) * sandwich_bound(SQRT2 * B.double(), SQRT2 * A.t().double())
+        def bound() -> float:
+            A, B = self.factors()  # the forward applies sqrt2 to the activations: the operators are exactly these
+            return abs(self.scale) * sandwich_bound(SQRT2 * B.double(), SQRT2 * A.t().double())
+
+        return self._bound_cache.get(bound)
 
 
 class SandwichLin(_SandwichMatrix):
@@ -345,6 +349,7 @@ class SandwichConv(LipschitzModule):
         self.psi = nn.Parameter(torch.zeros(out_channels))
         self.alpha = nn.Parameter(torch.empty(()))
         self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)  # lipschitz_bound() in eval mode
         self._seen_sizes: set[_Size] = set()
         self.reset_parameters()
 
@@ -457,7 +462,9 @@ class SandwichConv(LipschitzModule):
             sizes = set(self._seen_sizes) | ({self.input_size} if self.input_size is not None else set())
         if not sizes:
             raise ValueError("SandwichConv.lipschitz_bound needs input_size= (the layer has no known input size)")
-        return abs(self.scale) * max(sandwich_bound(*self.effective_operators(s)) for s in sorted(sizes))
+        sizes = tuple(sorted(sizes))
+        return self._bound_cache.get(
+            lambda: abs(self.scale) * max(sandwich_bound(*self.effective_operators(s)) for s in sizes), extra=sizes)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -76,6 +76,7 @@ class SLLConv2d(LipschitzModule):
         # with q = exp(param) the factors cancel in the conv rescaling: q is kept (checkpoints carry it) but frozen
         self.q = nn.Parameter(torch.randn(inner_dim), requires_grad=q_mode == "abs")
         self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -108,8 +109,11 @@ class SLLConv2d(LipschitzModule):
         res = res * (2.0 * t).view(1, -1, 1, 1).to(res.dtype)
         return x - F.conv_transpose2d(res, self.kernel, padding=p)
 
-    @torch.no_grad()
     def lipschitz_bound(self) -> float:
+        return self._bound_cache.get(self._exact_bound)  # cached in eval mode, like the rescaling
+
+    @torch.no_grad()
+    def _exact_bound(self) -> float:
         t_used = self.rescaling()
         q = self._q(torch.float64)
         t_exact = _safe_inv(self._ktk_abs_rowsum(self.kernel.double(), q))
@@ -134,6 +138,7 @@ class SLLLinear(LipschitzModule):
         self.bias = nn.Parameter(torch.empty(1, inner_dim))
         self.q = nn.Parameter(torch.randn(inner_dim))
         self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -165,8 +170,11 @@ class SLLLinear(LipschitzModule):
         res = res * (2.0 * t).to(res.dtype)
         return x - F.linear(res, self.weight.T)
 
-    @torch.no_grad()
     def lipschitz_bound(self) -> float:
+        return self._bound_cache.get(self._exact_bound)  # cached in eval mode, like the rescaling
+
+    @torch.no_grad()
+    def _exact_bound(self) -> float:
         t_used = self.rescaling()
         w = self.weight.double()
         q = torch.exp(self.q.double()) if self.q_mode == "exp" else self.q.double().abs()
