@@ -456,3 +456,20 @@ def test_lot_linear_head_shapes():
     assert head(torch.randn(3, 16, 1, 1)).shape == (3, 5)
     w = head.realised_weights()
     assert torch.allclose(w @ w.T, torch.eye(5), atol=1e-3)  # rows orthonormal up to eps / iterations
+
+
+@pytest.mark.skipif("lipconvnet5_lot_maxmin" not in CASES, reason="reference fixtures not available")
+def test_whole_model_case_through_create_model_checkpoint_format(tmp_path):
+    """The LOT repo's LipConvNet-5 state (its key names, DataParallel prefix) loads by ``checkpoint_format='lot'``
+    and the lipzoo model, fed the un-normalised image, reproduces the recorded logits."""
+    spec, state, t = load_reference_case(FIXTURES / "lipconvnet5_lot_maxmin")
+    path = tmp_path / "lot_authors.pth"
+    torch.save({"module." + k: v for k, v in state.items()}, path)
+    kw = spec["constructor"]["kwargs"]
+    model = lipzoo.create_model("lot_lipconvnet5", init_channels=kw["init_channels"], num_classes=kw["num_classes"],
+                                checkpoint_path=path, checkpoint_format="lot").eval()
+    mean = torch.tensor((0.4914, 0.4822, 0.4465), dtype=torch.float64).view(1, 3, 1, 1)
+    image = t["input"] * 0.2507 + mean  # the recorded input is already normalised; lipzoo normalises inside
+    with torch.no_grad():
+        out = model(image.float()).double()
+    assert (out - t["output_eval"]).abs().max().item() <= spec["suggested_tolerance"]["output_eval"]["float32_atol"]
