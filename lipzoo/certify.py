@@ -18,7 +18,10 @@ Radius of the prediction ``t = argmax z`` at an image ``x`` in [0, 1] pixel spac
   ``eigvalsh`` in float64, plus a backward-error margin; the NeurIPS'22 bound uses ``|u|``, which is never
   smaller). Taylor's theorem gives ``g_j(f + d) >= D - G ||d|| - K ||d||^2 / 2`` (``D`` the gap,
   ``G = ||grad g_j(f)||``), positive for ``||d|| < (sqrt(G^2 + 2 K D) - G) / K = 2 D / (sqrt(G^2 + 2 K D) + G)``.
-  The radius is the min over ``j`` of that, divided by ``L``.
+  The radius is the min over ``j`` of that, divided by ``L``. ``K_tj`` is computed only for the pairs that
+  decide a minimum (:func:`mlp_radii`): the others use the cheaper upper bound ``K_tj <= beta/4 (lambda_max(W1^T
+  diag(relu(w2_j)) W1) + lambda_max(W1^T diag(relu(-w2_t)) W1))`` (2C eigenproblems), which only lowers their
+  radii; the result equals the all-pairs one (C(C-1) eigenproblems: ~50 CPU-minutes for a 100-class head).
 
 A sample is certified at ``eps`` iff the prediction is correct and ``radius > eps`` (strict). Misclassified
 samples get radius 0.
@@ -52,7 +55,7 @@ from torch import nn
 __all__ = [
     "CERTIFIER_VERSION", "DEFAULT_EPS", "SLACK_ULPS", "CertificationResult", "certify", "certify_dataset",
     "certified_radius", "eps_label", "parse_eps", "rounding_slack", "lipschitz_margins", "lln_margins",
-    "lln_pair_distances", "mlp_margins", "mlp_curvature_bounds", "lambda_max_upper", "mlp_curvature_estimate", "label_radii",
+    "lln_pair_distances", "mlp_margins", "mlp_curvature_bounds", "mlp_radii", "lambda_max_upper", "mlp_curvature_estimate", "label_radii",
     "mlp_curvature_penalty", "plot_certified_accuracy",
 ]
 
@@ -275,6 +278,76 @@ def lambda_max_upper(mat: torch.Tensor, steps: int = 64) -> float:
     return trace * (1 + 1e-12)
 
 
+class _CurvatureBounds:
+    """Proven curvature bounds of one MLP head (float64, CPU), computed on demand and kept until its weights change.
+
+    ``pair(t, j) = beta/4 * lambda_max(W1^T diag(relu(w2_j - w2_t)) W1)`` (upper bound, see
+    :func:`mlp_curvature_bounds`) and the cheaper ``split(t, j) = beta/4 * (lambda_max(W1^T diag(relu(w2_j)) W1) +
+    lambda_max(W1^T diag(relu(-w2_t)) W1)) >= pair(t, j)`` (``relu(a - b) <= relu(a) + relu(-b)`` entrywise, so the
+    matrices are ordered in the PSD sense): 2C eigenvalue problems instead of C(C-1).
+    """
+
+    def __init__(self, head: nn.Module):
+        p = _MLPParams.of(head, torch.float64)
+        self.w1, self.w2, self.quarter = p.w1.detach().cpu(), p.w2.detach().cpu(), p.beta / 4.0
+        self.key = self.key_of(head)
+        c = self.w2.shape[0]
+        self.exact = torch.full((c, c), float("nan"), dtype=torch.float64)
+        self.exact.fill_diagonal_(0.0)
+        self._split: torch.Tensor | None = None
+        self._row_sq = (self.w1 * self.w1).sum(dim=1)  # ||w1_i||^2
+        self._gram: torch.Tensor | None = None
+
+    @staticmethod
+    def key_of(head: nn.Module) -> tuple:
+        p = _MLPParams.of(head)
+        return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in (p.w1, p.w2)) + (p.beta,)
+
+    def _lambda_max(self, a: torch.Tensor) -> float:
+        """Upper bound of ``lambda_max(W1^T diag(a) W1)`` for ``a >= 0``, from the cheaper of the d x d matrix and
+        the k x k one on the support of ``a`` (``S W1 W1^T S``, ``S = diag(sqrt a)``: same non-zero spectrum),
+        plus ``(gamma_max(d,k) + 4u) trace`` for the rounding errors of forming it in float64."""
+        idx = a.nonzero().flatten()
+        k, d = idx.numel(), self.w1.shape[1]
+        if k == 0:
+            return 0.0
+        s = a[idx].sqrt()
+        if k <= d:
+            if self._gram is None:
+                self._gram = self.w1 @ self.w1.T
+            mat = self._gram[idx][:, idx] * (s[:, None] * s[None, :])
+        else:
+            b = self.w1[idx] * s[:, None]
+            mat = b.T @ b
+        form_err = (_gamma(max(d, k)) + 4 * 2.0 ** -53) * float((a[idx] * self._row_sq[idx]).sum()) * (1 + 1e-9)
+        return lambda_max_upper(mat) + form_err
+
+    def pair(self, t: int, j: int) -> float:
+        if math.isnan(float(self.exact[t, j])):
+            self.exact[t, j] = self.quarter * self._lambda_max((self.w2[j] - self.w2[t]).clamp_min(0))
+        return float(self.exact[t, j])
+
+    def split(self) -> torch.Tensor:
+        if self._split is None:
+            pos = torch.tensor([self._lambda_max(w.clamp_min(0)) for w in self.w2], dtype=torch.float64)
+            neg = torch.tensor([self._lambda_max((-w).clamp_min(0)) for w in self.w2], dtype=torch.float64)
+            self._split = self.quarter * (neg[:, None] + pos[None, :]) * (1 + 1e-12)
+            self._split.fill_diagonal_(0.0)
+        return self._split
+
+    def best_known(self) -> torch.Tensor:
+        """The exact pair bound where computed, else the split bound (C, C): an upper bound everywhere."""
+        return torch.where(torch.isnan(self.exact), self.split(), torch.minimum(self.exact, self.split()))
+
+
+def _curvature_bounds_of(head: nn.Module) -> _CurvatureBounds:
+    cached = _CURVATURE_CACHE.get(head)
+    if cached is None or cached.key != _CurvatureBounds.key_of(head):
+        cached = _CurvatureBounds(head)
+        _CURVATURE_CACHE[head] = cached
+    return cached
+
+
 @torch.no_grad()
 def mlp_curvature_bounds(head: nn.Module, classes: Iterable[int] | None = None) -> torch.Tensor:
     """Proven bounds ``K[t, j] >= -lambda_min(Hessian of z_t - z_j)`` (float64, (C, C), diagonal 0).
@@ -283,50 +356,42 @@ def mlp_curvature_bounds(head: nn.Module, classes: Iterable[int] | None = None) 
     :func:`lambda_max_upper` on the cheaper of ``A`` (d x d) and ``S W1 W1^T S`` restricted to the ``k`` hidden
     units where ``a > 0`` (k x k, ``S = diag(sqrt a)``; same non-zero spectrum), plus
     ``(gamma_max(d,k) + 4u) trace(A)`` for the rounding errors in forming that matrix in float64. Rows not in
-    ``classes`` are NaN. Cached per head until its parameters change.
+    ``classes`` are NaN. Cached per head until its parameters change. (The certifier computes only the pairs
+    that decide a radius; see :func:`mlp_radii`.)
     """
-    p = _MLPParams.of(head, torch.float64)
-    key = tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in (head.fc1.weight, head.fc2.weight)) + (p.beta,)
-    cached = _CURVATURE_CACHE.get(head)
-    if cached is None or cached[0] != key:
-        cached = (key, torch.full((p.w2.shape[0],) * 2, float("nan"), dtype=torch.float64))
-        _CURVATURE_CACHE[head] = cached
-    out = cached[1]
-    w1, w2, quarter = p.w1, p.w2, p.beta / 4.0
-    c, (h, d) = w2.shape[0], w1.shape
-    row_sq = (w1 * w1).sum(dim=1)  # ||w1_i||^2
-    gram: torch.Tensor | None = None
+    bounds = _curvature_bounds_of(head)
+    c = bounds.w2.shape[0]
     wanted = range(c) if classes is None else sorted({int(k) for k in classes})
+    out = torch.full((c, c), float("nan"), dtype=torch.float64)
     for t in wanted:
-        if not torch.isnan(out[t]).any():
-            continue
-        row = torch.zeros(c, dtype=torch.float64)
-        for j in range(c):
-            a = (w2[j] - w2[t]).clamp_min(0)
-            idx = a.nonzero().flatten()
-            k = idx.numel()
-            if j == t or k == 0:
-                continue
-            s = a[idx].sqrt()
-            if k <= d:  # k x k form from the Gram matrix of W1 (computed once)
-                if gram is None:
-                    gram = w1 @ w1.T
-                mat = gram[idx][:, idx] * (s[:, None] * s[None, :])
-            else:
-                b = w1[idx] * s[:, None]
-                mat = b.T @ b
-            form_err = (_gamma(max(d, k)) + 4 * 2.0 ** -53) * float((a[idx] * row_sq[idx]).sum()) * (1 + 1e-9)
-            row[j] = quarter * (lambda_max_upper(mat) + form_err)
-        out[t] = row
-    result = out.clone()
-    if classes is not None:
-        mask = torch.ones(c, dtype=torch.bool)
-        mask[list(wanted)] = False
-        result[mask] = float("nan")
-    return result.to(w1.device)
+        out[t] = torch.tensor([bounds.pair(t, j) for j in range(c)], dtype=torch.float64)
+    return out.to(head.fc1.weight.device)
 
 
-_CURVATURE_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+@torch.no_grad()
+def mlp_radii(gaps: torch.Tensor, grad_norms: torch.Tensor, pred: torch.Tensor, head: nn.Module) -> torch.Tensor:
+    """``min_{j != pred}`` curvature radius per sample (float64, CPU inputs (N, C)), equal to the radius with
+    every exact pair bound, computing only the pairs that decide a minimum.
+
+    The split bound (:class:`_CurvatureBounds`) is >= the exact one, so the radius it gives for a pair is <= the
+    exact radius. Pairs are refined exactly until every sample's minimum is attained at an exactly bounded pair;
+    then no other pair can go below it.
+    """
+    bounds = _curvature_bounds_of(head)
+    mask = _other_mask(pred, gaps.shape[1])
+    while True:
+        k_use = bounds.best_known()
+        rad = _curvature_radius(gaps, grad_norms, k_use[pred]).masked_fill(mask, float("inf"))
+        jmin = rad.argmin(dim=1)
+        todo = {(int(t), int(j)) for t, j in zip(pred.tolist(), jmin.tolist())
+                if math.isnan(float(bounds.exact[t, j]))}
+        if not todo:
+            return rad.gather(1, jmin[:, None]).squeeze(1)
+        for t, j in sorted(todo):
+            bounds.pair(t, j)
+
+
+_CURVATURE_CACHE: "weakref.WeakKeyDictionary[nn.Module, _CurvatureBounds]" = weakref.WeakKeyDictionary()
 
 
 def mlp_curvature_estimate(head: nn.Module, iters: int = 5) -> torch.Tensor:
@@ -431,7 +496,6 @@ class _Rule:
         self.head = model.get_classifier() if self.rule != "lipschitz" else None
         self._dist: torch.Tensor | None = None
         self._mlp: _MLPParams | None = None
-        self._curv: torch.Tensor | None = None
         if self.rule == "lln":
             with torch.no_grad():
                 w = _normalized_weight(model).detach().double()  # the weight the forward uses, cast exactly
@@ -439,8 +503,6 @@ class _Rule:
         elif self.rule == "mlp_curvature":
             p = _MLPParams.of(self.head, torch.float64)
             self._mlp = _MLPParams(p.w1.cpu(), p.b1.cpu(), p.w2.cpu(), p.b2.cpu(), p.beta, p.threshold)
-            self._curv = torch.zeros((p.w2.shape[0],) * 2, dtype=torch.float64)
-            self._have_rows: set[int] = set()
             # ||w2_t - w2_j||_1, for the softplus-threshold term of the slack
             self._u1 = torch.stack([(self._mlp.w2[t] - self._mlp.w2).abs().sum(dim=1) for t in range(p.w2.shape[0])])
 
@@ -469,17 +531,11 @@ class _Rule:
             r = ratio.min(dim=1).values.clamp_min(0) / self.lipschitz
         else:
             p = self._mlp
-            missing = sorted({int(t) for t in pred_c.tolist()} - self._have_rows)
-            if missing:
-                self._curv[missing] = mlp_curvature_bounds(self.head, missing).cpu()[missing]
-                self._have_rows.update(missing)
             gaps, gnorm, _ = _mlp_gaps_and_grads(f, pred_c, p)
             # gaps of the smooth softplus; the head's thresholded one differs by <= log1p(exp(-thr))/beta per unit
             thr = math.log1p(math.exp(-p.threshold)) / p.beta
             gaps = gaps - slack[:, None] - 2 * thr * self._u1[pred_c]
-            rad = _curvature_radius(gaps, gnorm, self._curv[pred_c])
-            rad = rad.masked_fill(_other_mask(pred_c, gaps.shape[1]), float("inf"))
-            r = rad.min(dim=1).values.clamp_min(0) / self.lipschitz
+            r = mlp_radii(gaps, gnorm, pred_c, self.head).clamp_min(0) / self.lipschitz
         if not math.isfinite(self.lipschitz) or self.lipschitz <= 0:
             r = torch.zeros_like(r)
         return r, pred_c
