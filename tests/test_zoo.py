@@ -62,13 +62,14 @@ def test_architecture_builds_runs_and_passes_the_audit(arch, images):
     assert model.head_rule in ("lipschitz", "lln", "mlp_curvature")
     built = time.perf_counter()
 
+    flags = [p.requires_grad for p in model.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("error", AuditWarning)
         report = audit(model, images, None, rounding=ARCHS[arch].compact, **CI_AUDIT)
     assert report.pgd["n_attacked"] >= 1 and report.pgd["n_violations"] == 0, report.summary()
     assert all(c.ok for c in report.layers) and report.model_ok and report.ok, report.summary()
     assert len(report.layers) == len(model.layer_bounds())
-    assert not model.training and all(p.requires_grad for p in model.parameters())  # restored
+    assert not model.training and [p.requires_grad for p in model.parameters()] == flags  # restored
     audited = time.perf_counter()
 
     m100 = lipzoo.create_model(arch, num_classes=100).eval()
