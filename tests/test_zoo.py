@@ -18,6 +18,8 @@ from lipzoo.audit import AuditWarning, audit
 from lipzoo.models._builder import ARCHS
 
 CI_AUDIT = dict(n_probe=1, power_iters=3, pgd_steps=6, restarts=1, n_attack=2, pair_steps=2)
+# the paper-sized nets: fewer iterations (each is a forward/backward of a 10-200M-parameter net)
+CI_AUDIT_LARGE = dict(n_probe=1, power_iters=2, pgd_steps=4, restarts=1, n_attack=1, pair_steps=1)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,8 @@ def test_architecture_builds_runs_and_passes_the_audit(arch, images):
     flags = [p.requires_grad for p in model.parameters()]
     with warnings.catch_warnings():
         warnings.simplefilter("error", AuditWarning)
-        report = audit(model, images, None, rounding=ARCHS[arch].compact, **CI_AUDIT)
+        compact = ARCHS[arch].compact
+        report = audit(model, images, None, rounding=compact, **(CI_AUDIT if compact else CI_AUDIT_LARGE))
     assert report.pgd["n_attacked"] >= 1 and report.pgd["n_violations"] == 0, report.summary()
     assert all(c.ok for c in report.layers) and report.model_ok and report.ok, report.summary()
     assert len(report.layers) == len(model.layer_bounds())
