@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(VPY) -m pytest
 
 test-slow: $(STAMP)
-	$(VPY) -m pytest -m slow -q -o addopts=""
+	$(VPY) -m pytest -m slow -q -o addopts="" --timeout=7200
 
 bench: $(STAMP)
 	$(VPY) scripts/bench.py all

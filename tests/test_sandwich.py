@@ -97,6 +97,20 @@ def test_cayley_orthonormal_and_definition(shape, is_complex):
     assert torch.allclose(Q, expected, atol=1e-12)
 
 
+@pytest.mark.timeout(120, method="thread")
+def test_cayley_of_a_batch_of_large_matrices_with_two_threads():
+    """oneMKL's batched LU fails for >128-wide batches with 2 threads (torch 2.14 CPU): cayley must not hang."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        W = torch.randn(3, 256, 384, generator=torch.Generator().manual_seed(0), dtype=torch.complex64) / 64
+        Q = cayley(W)
+    finally:
+        torch.set_num_threads(before)
+    gram = Q @ Q.mH
+    assert torch.allclose(gram, torch.eye(256, dtype=gram.dtype).expand_as(gram), atol=1e-4)
+
+
 @pytest.mark.parametrize("k,grid", [(3, (8, 8)), (3, (6, 9)), (5, (7, 7)), (1, (4, 6)), (2, (6, 6))])
 def test_fft_kernel_is_circular_same_correlation(k, grid):
     g = torch.Generator().manual_seed(k)

@@ -61,6 +61,18 @@ SQRT2 = math.sqrt(2.0)
 _Size = tuple[int, int]
 
 
+def _inv(M: torch.Tensor) -> torch.Tensor:
+    """``torch.linalg.inv``, one matrix at a time for CPU batches of matrices larger than 128.
+
+    With more than one thread, oneMKL's batched LU in torch 2.14 (CPU) fails for such batches ("Parameter 6 was
+    incorrect on entry to SLASWP/CLASWP", then a hang); single matrices and smaller batched ones are fine.
+    """
+    if M.device.type != "cpu" or M.dim() < 3 or M.shape[-1] <= 128:
+        return torch.linalg.inv(M)
+    flat = M.reshape(-1, *M.shape[-2:])
+    return torch.stack([torch.linalg.inv(m) for m in flat.unbind(0)]).reshape(M.shape)
+
+
 def cayley(W: torch.Tensor) -> torch.Tensor:
     """Cayley transform of a (batch of) real or complex matrices ``W`` of shape ``(..., rows, cols)``.
 
@@ -74,7 +86,7 @@ def cayley(W: torch.Tensor) -> torch.Tensor:
         return cayley(W.transpose(-2, -1)).transpose(-2, -1)
     U, V = W[..., :cols, :], W[..., cols:, :]
     eye = torch.eye(cols, dtype=W.dtype, device=W.device)
-    inv = torch.linalg.inv(eye + U - U.mH + V.mH @ V)
+    inv = _inv(eye + U - U.mH + V.mH @ V)
     # (I + A)^-1 (I - A) = 2 (I + A)^-1 - I
     return torch.cat((2.0 * inv - eye, -2.0 * V @ inv), dim=-2)
 
