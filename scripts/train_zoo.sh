@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Train and publish every compact model on CPU, one after another (sll, sandwich, lot, soc): the README's
+# reproduce commands in a resumable loop. Re-run it after an interruption: a finished run (results.json) is not
+# retrained, a published model (hub/lipzoo/<arch>.cifar10) is not republished, any other run resumes.
+#   RUNS=/path/to/runs scripts/train_zoo.sh          (default RUNS=runs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-runs}
+LIPZOO=${LIPZOO:-lipzoo}
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
+for family in sll sandwich lot soc; do
+    arch=${family}_xs
+    run=$RUNS/$arch.cifar10
+    if [ -f "hub/lipzoo/$arch.cifar10/model.safetensors" ]; then
+        echo "$arch.cifar10: already published in hub/"
+        continue
+    fi
+    if [ ! -f "$run/results.json" ]; then
+        "$LIPZOO" train --recipe "${family}_cpu" --out "$run" --resume --no-progress
+    fi
+    "$LIPZOO" publish "$run" --arch "$arch" --tag cifar10
+done
