@@ -1,0 +1,33 @@
+"""``scripts/reproduce.py``'s zoo table: claimed vs measured, audit, verdict and the issue-#8 targets."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+_SPEC = importlib.util.spec_from_file_location("reproduce", Path(__file__).resolve().parent.parent / "scripts" / "reproduce.py")
+reproduce = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(reproduce)
+
+
+def _row(name: str, clean: float, cert36: float, passed: bool = True) -> dict:
+    checks = [{"name": "clean accuracy", "measured": clean}, {"name": "certified accuracy @ 36/255", "measured": cert36}]
+    return {"name": name, "mode": "full", "passed": passed, "report": {"checks": checks},
+            "audit": {"pgd": {"n_violations": 0, "n_attacked": 500}}}
+
+
+def test_target_cell_reports_each_shortfall_in_percentage_points():
+    assert reproduce._target_cell("sll_xs.cifar10", 0.6421, 0.5534) == "65.00 / 50.00: clean -0.79 pp"
+    assert reproduce._target_cell("lot_xs.cifar10", 0.60, 0.40) == "62.00 / 47.00: clean -2.00 pp, cert -7.00 pp"
+    assert reproduce._target_cell("soc_xs.cifar10", 0.62, 0.47) == "62.00 / 47.00: met"
+    assert reproduce._target_cell("soc_xs.cifar10", None, 0.5).endswith("not measured")
+    assert reproduce._target_cell("sll_s.cifar10", 0.9, 0.9) == "—"
+
+
+def test_markdown_shows_claimed_and_measured_values_and_the_verdict():
+    published = {"sll_xs.cifar10": {"claims": {"clean_accuracy": 0.7, "certified_accuracy": {"36/255": 0.55},
+                                               "lipschitz_bound": 1.0}}}
+    md = reproduce.markdown([_row("sll_xs.cifar10", 0.6421, 0.5534, passed=False)], published)
+    header, rule, line = md.splitlines()
+    assert len(header.split("|")) == len(rule.split("|")) == len(line.split("|"))
+    assert "70.00 / 64.21" in line and "55.00 / 55.34" in line and "0 / 500" in line
+    assert "**FAIL** (full)" in line and "clean -0.79 pp" in line
