@@ -2,11 +2,15 @@
 # Train and publish every compact model on CPU, one after another (sll, sandwich, lot, soc): the README's
 # reproduce commands in a resumable loop. Re-run it after an interruption: a finished run (results.json) is not
 # retrained, a published model (hub/lipzoo/<arch>.cifar10) is not republished, any other run resumes.
+# Each published run's record (log.jsonl, recipe.json, results.json) is copied to results/runs/<arch>.cifar10/
+# with its training curve (scripts/plot_training.py).
 #   RUNS=/path/to/runs scripts/train_zoo.sh          (default RUNS=runs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-runs}
 LIPZOO=${LIPZOO:-lipzoo}
+PYTHON=${PYTHON:-$(dirname "$(command -v "$LIPZOO")")/python}
+[ -x "$PYTHON" ] || PYTHON=python3
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 for family in sll sandwich lot soc; do
     arch=${family}_xs
@@ -19,4 +23,7 @@ for family in sll sandwich lot soc; do
         "$LIPZOO" train --recipe "${family}_cpu" --out "$run" --resume --no-progress
     fi
     "$LIPZOO" publish "$run" --arch "$arch" --tag cifar10
+    mkdir -p "results/runs/$arch.cifar10"
+    cp "$run/log.jsonl" "$run/recipe.json" "$run/results.json" "results/runs/$arch.cifar10/"
+    "$PYTHON" scripts/plot_training.py "results/runs/$arch.cifar10"
 done
