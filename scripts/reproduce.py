@@ -2,13 +2,15 @@
 """Download every published model through the local hub, verify its claims, write claimed-vs-measured tables.
 
     python scripts/reproduce.py [--quick] [--audit N] [--out results/zoo] [--update-readme]
+    python scripts/reproduce.py --render [--update-readme]   # rebuild the tables from <out>.json, no re-verification
 
 Starts the embedded hub (olah on 127.0.0.1) serving the project's ``hub/``, then, for each entry of
 ``lipzoo/hub/published.json``, runs a fresh interpreter with ``HF_ENDPOINT`` pointing at it (huggingface_hub reads
 it at import) and a temporary ``HF_HOME``, which downloads the model with ``lipzoo.create_model(name,
 pretrained=True)`` (sha256-checked), verifies the claims of its card on the CIFAR test set (full by default) and
 audits it (``lipzoo.audit``: PGD-l2 on ``--audit`` certified test points, each inside its own certified radius).
-Writes ``<out>.md`` and ``<out>.json``; ``--update-readme`` replaces the README's "Model zoo" table.
+Writes ``<out>.md`` and ``<out>.json``; ``--update-readme`` replaces the README's "Model zoo" table. The training
+column sums the epoch wall-clock times of the run's log committed in ``results/runs/<name>/log.jsonl``.
 """
 from __future__ import annotations
 
@@ -87,11 +89,21 @@ def _target_cell(name: str, clean: float | None, cert36: float | None) -> str:
     return f"{label}: " + (", ".join(gaps) if gaps else "met")
 
 
-def markdown(rows: list[dict], published: dict) -> str:
+def _training_cell(name: str, runs: Path = REPO / "results" / "runs") -> str:
+    """``<epochs> ep, <hours> h``: epochs and summed wall-clock time of the run's committed log (2-core CPU)."""
+    log = runs / name / "log.jsonl"
+    if not log.is_file():
+        return "—"
+    epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    hours = sum(float(e.get("seconds", 0.0)) for e in epochs) / 3600
+    return f"{max(int(e['epoch']) for e in epochs)} ep, {hours:.1f} h" if epochs else "—"
+
+
+def markdown(rows: list[dict], published: dict, runs: Path = REPO / "results" / "runs") -> str:
     eps_labels = ["36/255", "72/255", "108/255", "255/255"]
     head = "| model | clean (claimed / measured) | " + " | ".join(f"cert {e} (claimed / measured)" for e in eps_labels) \
-        + " | L bound | PGD violations | verified | target clean / cert 36/255 |"
-    lines = [head, "|" + "---|" * (len(eps_labels) + 6)]
+        + " | L bound | PGD violations | verified | target clean / cert 36/255 | training |"
+    lines = [head, "|" + "---|" * (len(eps_labels) + 7)]
     for r in rows:
         claims = published[r["name"]].get("claims") or {}
         measured = {}
@@ -107,6 +119,7 @@ def markdown(rows: list[dict], published: dict) -> str:
         cells.append(f"{pgd['n_violations']} / {pgd['n_attacked']}" if pgd else "—")
         cells.append(("pass" if r.get("passed") else "**FAIL**") + f" ({r.get('mode')})")
         cells.append(_target_cell(r["name"], measured.get("clean accuracy"), measured.get("certified accuracy @ 36/255")))
+        cells.append(_training_cell(r["name"], runs))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,6 +131,8 @@ def main() -> int:
     p.add_argument("--update-readme", action="store_true")
     p.add_argument("--audit", type=int, default=500, metavar="N",
                    help="also attack N certified test points of each model with PGD inside their radius (0: skip)")
+    p.add_argument("--render", action="store_true",
+                   help="rebuild the tables from the last measurements in <out>.json instead of verifying again")
     a = p.parse_args()
     from lipzoo.hub.server import LocalHub
     from lipzoo.models._builder import published_weights
@@ -126,22 +141,43 @@ def main() -> int:
     if not published:
         print("no published weights in lipzoo/hub/published.json: nothing to reproduce")
         return 1
+    out = Path(a.out)
+    if a.render:
+        rows = json.loads(out.with_suffix(".json").read_text())
+        # a row measured before sha256 was recorded is taken as is; one measured on other weights is refused
+        stale = sorted(name for name in published if not any(
+            r["name"] == name and r.get("sha256", published[name].get("sha256")) == published[name].get("sha256")
+            for r in rows))
+        if stale:
+            print(f"{out.with_suffix('.json')} has no measurement of the published weights of {', '.join(stale)}: "
+                  "run without --render")
+            return 1
+        a.quick = rows[0].get("mode") == "quick"
+        return _write(rows, published, a, out)
     mode = "quick" if a.quick else "full"
     rows = []
     with LocalHub(root=REPO / "hub") as hub, tempfile.TemporaryDirectory() as hf_home:
         print(f"local hub at {hub.endpoint}; verifying {len(published)} model(s) ({mode})", flush=True)
         for name in sorted(published):
             row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home, a.audit)
+            row["sha256"] = published[name].get("sha256")
             rows.append(row)
             print(f"  {name}: {'pass' if row.get('passed') else 'FAIL'}" + (f"  {row.get('error', '')[-300:]}" if 'error' in row else ""), flush=True)
+    out.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str))
+    return _write(rows, published, a, out)
+
+
+def _write(rows: list[dict], published: dict, a: argparse.Namespace, out: Path) -> int:
     md = markdown(rows, published)
     cmd = f"python scripts/reproduce.py{' --quick' if a.quick else ''}{f' --audit {a.audit}' if a.audit != 500 else ''}"
-    md_full = md + (f"\n\nReproduce: `{cmd}` (downloads every model through the local hub and re-certifies it). "
-                    "Last column: the project's target for the model and, where it is missed, the measured gap.")
-    out = Path(a.out)
+    md_full = md + (f"\n\nReproduce: `{cmd}` (downloads every model through the local hub and re-certifies it; "
+                    "`--render` rebuilds this table from the last measurements in `results/zoo.json`). "
+                    "Target: the project's target for the model and, where it is missed, the measured gap. Training: epochs "
+                    "and wall-clock hours of the committed run log (`results/runs/<model>/log.jsonl`) on this project's "
+                    "2-core CPU, which was often shared with other work.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md_full + "\n")
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str))
     print(md_full)
     if a.update_readme:
         readme = REPO / "README.md"

@@ -31,3 +31,15 @@ def test_markdown_shows_claimed_and_measured_values_and_the_verdict():
     assert len(header.split("|")) == len(rule.split("|")) == len(line.split("|"))
     assert "70.00 / 64.21" in line and "55.00 / 55.34" in line and "0 / 500" in line
     assert "**FAIL** (full)" in line and "clean -0.79 pp" in line
+
+
+def test_training_cell_sums_the_wall_clock_of_the_committed_run_log(tmp_path):
+    run = tmp_path / "lot_xs.cifar10"
+    run.mkdir()
+    run.joinpath("log.jsonl").write_text(
+        '{"epoch": 1, "seconds": 1800.0}\n{"epoch": 2, "seconds": 3600.0}\n{"epoch": 3, "seconds": 5400.0}\n')
+    assert reproduce._training_cell("lot_xs.cifar10", tmp_path) == "3 ep, 3.0 h"
+    assert reproduce._training_cell("soc_xs.cifar10", tmp_path) == "—"
+    published = {"lot_xs.cifar10": {"claims": {"clean_accuracy": 0.6}}}
+    line = reproduce.markdown([_row("lot_xs.cifar10", 0.6, 0.5)], published, runs=tmp_path).splitlines()[-1]
+    assert line.rstrip(" |").endswith("3 ep, 3.0 h")
