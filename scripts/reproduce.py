@@ -143,6 +143,9 @@ def main() -> int:
         return 1
     out = Path(a.out)
     if a.render:
+        if not out.with_suffix(".json").is_file():
+            print(f"no measurements in {out.with_suffix('.json')}: run without --render first")
+            return 1
         rows = json.loads(out.with_suffix(".json").read_text())
         # a row measured before sha256 was recorded is taken as is; one measured on other weights is refused
         stale = sorted(name for name in published if not any(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 _SPEC = importlib.util.spec_from_file_location("reproduce", Path(__file__).resolve().parent.parent / "scripts" / "reproduce.py")
@@ -43,3 +44,18 @@ def test_training_cell_sums_the_wall_clock_of_the_committed_run_log(tmp_path):
     published = {"lot_xs.cifar10": {"claims": {"clean_accuracy": 0.6}}}
     line = reproduce.markdown([_row("lot_xs.cifar10", 0.6, 0.5)], published, runs=tmp_path).splitlines()[-1]
     assert line.rstrip(" |").endswith("3 ep, 3.0 h")
+
+
+def test_render_refuses_measurements_of_other_weights(tmp_path, monkeypatch, capsys):
+    import lipzoo.models._builder as builder
+
+    published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {"clean_accuracy": 0.64}}}
+    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    out = tmp_path / "zoo"
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
+    assert reproduce.main() == 1 and "run without --render first" in capsys.readouterr().out
+    out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "b" * 64}]))
+    assert reproduce.main() == 1 and "no measurement of the published weights" in capsys.readouterr().out
+    out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64}]))
+    assert reproduce.main() == 0
+    assert "| `sll_xs.cifar10` | 64.00 / 64.00 |" in out.with_suffix(".md").read_text()
