@@ -155,8 +155,8 @@ def main() -> int:
             print(f"{out.with_suffix('.json')} has no measurement of the published weights of {', '.join(stale)}: "
                   "run without --render")
             return 1
-        a.quick = rows[0].get("mode") == "quick"
-        return _write(rows, published, a, out)
+        # the command that measured these rows, not the one that renders them
+        return _write(rows, published, a.update_readme, out, rows[0].get("command") or _command(a))
     mode = "quick" if a.quick else "full"
     rows = []
     with LocalHub(root=REPO / "hub") as hub, tempfile.TemporaryDirectory() as hf_home:
@@ -164,16 +164,20 @@ def main() -> int:
         for name in sorted(published):
             row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home, a.audit)
             row["sha256"] = published[name].get("sha256")
+            row["command"] = _command(a)
             rows.append(row)
             print(f"  {name}: {'pass' if row.get('passed') else 'FAIL'}" + (f"  {row.get('error', '')[-300:]}" if 'error' in row else ""), flush=True)
     out.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str))
-    return _write(rows, published, a, out)
+    return _write(rows, published, a.update_readme, out, _command(a))
 
 
-def _write(rows: list[dict], published: dict, a: argparse.Namespace, out: Path) -> int:
+def _command(a: argparse.Namespace) -> str:
+    return f"python scripts/reproduce.py{' --quick' if a.quick else ''}{f' --audit {a.audit}' if a.audit != 500 else ''}"
+
+
+def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, cmd: str) -> int:
     md = markdown(rows, published)
-    cmd = f"python scripts/reproduce.py{' --quick' if a.quick else ''}{f' --audit {a.audit}' if a.audit != 500 else ''}"
     md_full = md + (f"\n\nReproduce: `{cmd}` (downloads every model through the local hub and re-certifies it; "
                     "`--render` rebuilds this table from the last measurements in `results/zoo.json`). "
                     "Target: the project's target for the model and, where it is missed, the measured gap. Training: epochs "
@@ -182,7 +186,7 @@ def _write(rows: list[dict], published: dict, a: argparse.Namespace, out: Path) 
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md_full + "\n")
     print(md_full)
-    if a.update_readme:
+    if update_readme:
         readme = REPO / "README.md"
         text = readme.read_text()
         text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{md_full}\n{END}", text, flags=re.S)

@@ -59,3 +59,17 @@ def test_render_refuses_measurements_of_other_weights(tmp_path, monkeypatch, cap
     out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64}]))
     assert reproduce.main() == 0
     assert "| `sll_xs.cifar10` | 64.00 / 64.00 |" in out.with_suffix(".md").read_text()
+
+
+def test_render_shows_the_command_that_measured_the_rows(tmp_path, monkeypatch):
+    import lipzoo.models._builder as builder
+
+    published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {"clean_accuracy": 0.64}}}
+    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    out = tmp_path / "zoo"
+    measured_by = "python scripts/reproduce.py --audit 200"
+    row = {**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64, "command": measured_by}
+    out.with_suffix(".json").write_text(json.dumps([row]))
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
+    assert reproduce.main() == 0
+    assert f"Reproduce: `{measured_by}`" in out.with_suffix(".md").read_text()
