@@ -3,6 +3,7 @@
 
     python scripts/reproduce.py [--quick] [--audit N] [--out results/zoo] [--update-readme]
     python scripts/reproduce.py --render [--update-readme]   # rebuild the tables from <out>.json, no re-verification
+    python scripts/reproduce.py --only lot_xs.cifar10 [--update-readme]   # verify one model, keep the other rows
 
 Starts the embedded hub (olah on 127.0.0.1) serving the project's ``hub/``, then, for each entry of
 ``lipzoo/hub/published.json``, runs a fresh interpreter with ``HF_ENDPOINT`` pointing at it (huggingface_hub reads
@@ -133,6 +134,8 @@ def main() -> int:
                    help="also attack N certified test points of each model with PGD inside their radius (0: skip)")
     p.add_argument("--render", action="store_true",
                    help="rebuild the tables from the last measurements in <out>.json instead of verifying again")
+    p.add_argument("--only", nargs="+", metavar="NAME",
+                   help="verify only these published models (e.g. a newly published one); keep the other rows of <out>.json")
     a = p.parse_args()
     from lipzoo.hub.server import LocalHub
     from lipzoo.models._builder import published_weights
@@ -142,33 +145,42 @@ def main() -> int:
         print("no published weights in lipzoo/hub/published.json: nothing to reproduce")
         return 1
     out = Path(a.out)
-    if a.render:
-        if not out.with_suffix(".json").is_file():
-            print(f"no measurements in {out.with_suffix('.json')}: run without --render first")
+    measured = out.with_suffix(".json")
+    to_measure = [] if a.render else sorted(set(a.only)) if a.only else sorted(published)
+    unknown = sorted(set(to_measure) - set(published))
+    if unknown:
+        print(f"not published: {', '.join(unknown)}; published: {', '.join(sorted(published))}")
+        return 1
+    kept: list[dict] = []
+    if len(to_measure) < len(published):
+        if not measured.is_file():
+            print(f"no measurements in {measured}: run without --render / --only first")
             return 1
-        rows = json.loads(out.with_suffix(".json").read_text())
+        rows = json.loads(measured.read_text())
         # a row measured before sha256 was recorded is taken as is; one measured on other weights is refused
-        stale = sorted(name for name in published if not any(
-            r["name"] == name and r.get("sha256", published[name].get("sha256")) == published[name].get("sha256")
-            for r in rows))
+        kept = [r for r in rows if r["name"] in published and r["name"] not in to_measure
+                and r.get("sha256", published[r["name"]].get("sha256")) == published[r["name"]].get("sha256")]
+        stale = sorted(set(published) - set(to_measure) - {r["name"] for r in kept})
         if stale:
-            print(f"{out.with_suffix('.json')} has no measurement of the published weights of {', '.join(stale)}: "
-                  "run without --render")
+            print(f"{measured} has no measurement of the published weights of {', '.join(stale)}: "
+                  "run without --render / --only, or add them to --only")
             return 1
-        # the command that measured these rows, not the one that renders them
-        return _write(rows, published, a.update_readme, out, rows[0].get("command") or _command(a))
+        if a.render:
+            # the command that measured these rows, not the one that renders them
+            return _write(kept, published, a.update_readme, out, kept[0].get("command") or _command(a))
     mode = "quick" if a.quick else "full"
     rows = []
     with LocalHub(root=REPO / "hub") as hub, tempfile.TemporaryDirectory() as hf_home:
-        print(f"local hub at {hub.endpoint}; verifying {len(published)} model(s) ({mode})", flush=True)
-        for name in sorted(published):
+        print(f"local hub at {hub.endpoint}; verifying {len(to_measure)} model(s) ({mode})", flush=True)
+        for name in to_measure:
             row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home, a.audit)
             row["sha256"] = published[name].get("sha256")
             row["command"] = _command(a)
             rows.append(row)
             print(f"  {name}: {'pass' if row.get('passed') else 'FAIL'}" + (f"  {row.get('error', '')[-300:]}" if 'error' in row else ""), flush=True)
-    out.with_suffix(".json").parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str))
+    rows = sorted(kept + rows, key=lambda r: r["name"])
+    measured.parent.mkdir(parents=True, exist_ok=True)
+    measured.write_text(json.dumps(rows, indent=2, default=str))
     return _write(rows, published, a.update_readme, out, _command(a))
 
 

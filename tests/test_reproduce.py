@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+import contextlib
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 _SPEC = importlib.util.spec_from_file_location("reproduce", Path(__file__).resolve().parent.parent / "scripts" / "reproduce.py")
 reproduce = importlib.util.module_from_spec(_SPEC)
@@ -53,7 +55,7 @@ def test_render_refuses_measurements_of_other_weights(tmp_path, monkeypatch, cap
     monkeypatch.setattr(builder, "published_weights", lambda: published)
     out = tmp_path / "zoo"
     monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
-    assert reproduce.main() == 1 and "run without --render first" in capsys.readouterr().out
+    assert reproduce.main() == 1 and "no measurements in" in capsys.readouterr().out
     out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "b" * 64}]))
     assert reproduce.main() == 1 and "no measurement of the published weights" in capsys.readouterr().out
     out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64}]))
@@ -73,3 +75,31 @@ def test_render_shows_the_command_that_measured_the_rows(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
     assert reproduce.main() == 0
     assert f"Reproduce: `{measured_by}`" in out.with_suffix(".md").read_text()
+
+
+def test_only_verifies_the_named_models_and_keeps_the_other_rows(tmp_path, monkeypatch, capsys):
+    import lipzoo.models._builder as builder
+
+    published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {}}, "lot_xs.cifar10": {"sha256": "c" * 64, "claims": {}}}
+    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    verified = []
+
+    def fake_verify(name, claims, endpoint, mode, hf_home, n_attack):
+        verified.append(name)
+        return _row(name, 0.63, 0.52)
+
+    monkeypatch.setattr(reproduce, "_verify_one", fake_verify)
+    monkeypatch.setattr("lipzoo.hub.server.LocalHub", lambda root: contextlib.nullcontext(SimpleNamespace(endpoint="")))
+    out = tmp_path / "zoo"
+    out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64}]))
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--only", "soc_xs.cifar10", "--out", str(out)])
+    assert reproduce.main() == 1 and "not published: soc_xs.cifar10" in capsys.readouterr().out
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--only", "lot_xs.cifar10", "--out", str(out), "--audit", "0"])
+    assert reproduce.main() == 0 and verified == ["lot_xs.cifar10"]
+    rows = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    assert sorted(rows) == ["lot_xs.cifar10", "sll_xs.cifar10"]
+    assert rows["sll_xs.cifar10"]["report"]["checks"][0]["measured"] == 0.64  # kept, not re-measured
+    assert rows["lot_xs.cifar10"]["sha256"] == "c" * 64
+    # the kept row must belong to the published weights
+    published["sll_xs.cifar10"]["sha256"] = "d" * 64
+    assert reproduce.main() == 1 and "no measurement of the published weights of sll_xs.cifar10" in capsys.readouterr().out
