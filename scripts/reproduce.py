@@ -91,13 +91,19 @@ def _target_cell(name: str, clean: float | None, cert36: float | None) -> str:
 
 
 def _training_cell(name: str, runs: Path = REPO / "results" / "runs") -> str:
-    """``<epochs> ep, <hours> h``: epochs and summed wall-clock time of the run's committed log (2-core CPU)."""
+    """``<epochs> ep, <hours> h``: epochs and summed wall-clock time of the run's committed log (2-core CPU), and
+    ``, <cpu> h CPU / 2`` (the process's CPU time over both cores) when every epoch recorded it."""
     log = runs / name / "log.jsonl"
     if not log.is_file():
         return "—"
     epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not epochs:
+        return "—"
     hours = sum(float(e.get("seconds", 0.0)) for e in epochs) / 3600
-    return f"{max(int(e['epoch']) for e in epochs)} ep, {hours:.1f} h" if epochs else "—"
+    cell = f"{max(int(e['epoch']) for e in epochs)} ep, {hours:.1f} h"
+    if all("cpu_seconds" in e for e in epochs):
+        cell += f", {sum(float(e['cpu_seconds']) for e in epochs) / 3600 / 2:.1f} h CPU / 2"
+    return cell
 
 
 def markdown(rows: list[dict], published: dict, runs: Path = REPO / "results" / "runs") -> str:

@@ -43,6 +43,11 @@ def test_training_cell_sums_the_wall_clock_of_the_committed_run_log(tmp_path):
         '{"epoch": 1, "seconds": 1800.0}\n{"epoch": 2, "seconds": 3600.0}\n{"epoch": 3, "seconds": 5400.0}\n')
     assert reproduce._training_cell("lot_xs.cifar10", tmp_path) == "3 ep, 3.0 h"
     assert reproduce._training_cell("soc_xs.cifar10", tmp_path) == "—"
+    run.joinpath("log.jsonl").write_text('{"epoch": 1, "seconds": 3600.0, "cpu_seconds": 5400.0}\n'
+                                         '{"epoch": 2, "seconds": 3600.0, "cpu_seconds": 5400.0}\n')
+    assert reproduce._training_cell("lot_xs.cifar10", tmp_path) == "2 ep, 2.0 h, 1.5 h CPU / 2"
+    run.joinpath("log.jsonl").write_text(
+        '{"epoch": 1, "seconds": 1800.0}\n{"epoch": 2, "seconds": 3600.0}\n{"epoch": 3, "seconds": 5400.0}\n')
     published = {"lot_xs.cifar10": {"claims": {"clean_accuracy": 0.6}}}
     line = reproduce.markdown([_row("lot_xs.cifar10", 0.6, 0.5)], published, runs=tmp_path).splitlines()[-1]
     assert line.rstrip(" |").endswith("3 ep, 3.0 h")

@@ -1,6 +1,7 @@
 """Training loop: determinism, exact resume, DDP equivalence (gloo on loopback), losses, CR."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import socket
@@ -59,8 +60,9 @@ def test_resume_is_exact(tmp_path, tiny_data):
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     assert (tmp_path / "full" / "model.safetensors").exists()
-    logs = (tmp_path / "full" / "log.jsonl").read_text().splitlines()
-    assert len(logs) == 2
+    logs = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in logs] == [1, 2]
+    assert all(e["cpu_seconds"] > 0 and e["seconds"] > 0 for e in logs)
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, tiny_data):

@@ -288,7 +288,7 @@ def train(
         perm = torch.randperm(len(y_tr), generator=_seeded(recipe.seed, epoch))
         train_model.train()
         sums = {"loss": 0.0, "acc": 0.0, "cert": 0.0, "n": 0}
-        t0 = time.time()
+        t0, cpu0 = time.time(), time.process_time()
         if progress and is_main:
             from tqdm.auto import tqdm
 
@@ -340,6 +340,7 @@ def train(
                 "train_cert36": sums["cert"] / max(sums.get("ncert", 0), 1),
                 "lr": opt.param_groups[0]["lr"], "lipschitz_bound": lipschitz,
                 "seconds": time.time() - t0, "images_per_s": sums["n"] * recipe.batch_size / (time.time() - t0),
+                "cpu_seconds": time.process_time() - cpu0,  # this process's CPU time, all threads (rank 0)
             }
             if val is not None:
                 rec.update(_quick_eval(model, val[0], val[1], dev))
