@@ -106,7 +106,7 @@ RECIPES: dict[str, Recipe] = {
         description="LBDN recipe shortened for a 2-core CPU: Adam(0.01), triangular, xent, crop+flip",
     ),
     "soc_cpu": Recipe(
-        name="soc_cpu", model="soc_xs", epochs=60, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
+        name="soc_cpu", model="soc_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
         weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("act", "theta"), schedule="triangular",
         loss="xent", augment="crop_flip", pad_mode="constant",
         description="SOC on a 2-core CPU: SGD(0.05, m 0.9, wd 5e-4 on weights), triangular, xent, crop+flip",
