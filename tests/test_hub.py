@@ -232,6 +232,17 @@ def test_quick_publish_refused_for_the_project_registry(monkeypatch, tmp_path):
         publish(tmp_path / "x.safetensors", "sll_xs", "imagenet", hub=tmp_path)
 
 
+def test_card_train_command_lists_only_changed_training_fields():
+    from lipzoo.hub.publish import _train_command
+    from lipzoo.train.recipes import get_recipe
+
+    recipe = json.loads(json.dumps(get_recipe("sll_cpu").to_dict()))
+    assert _train_command(recipe, "sll_xs.cifar10") == "lipzoo train --recipe sll_cpu --out runs/sll_xs.cifar10"
+    recipe.update(lr=0.002, description="an older wording of the recipe")
+    assert _train_command(recipe, "sll_xs.cifar10") == (
+        "lipzoo train --recipe sll_cpu --lr 0.002 --out runs/sll_xs.cifar10")
+
+
 def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
     monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
     from safetensors.torch import save_file

@@ -173,6 +173,8 @@ def _cli_value(value: Any) -> str:
 
 
 def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
+    """The ``lipzoo train`` command that reruns ``recipe``: the named recipe plus an override per training field
+    that differs from its current defaults (the free-text ``description`` changes nothing and is left out)."""
     name = recipe.get("name")
     if not name:
         return None
@@ -182,7 +184,7 @@ def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
 
         base = json.loads(json.dumps(get_recipe(name).to_dict()))
         for key, value in recipe.items():
-            if key != "name" and base.get(key) != value:
+            if key not in ("name", "description") and base.get(key) != value:
                 parts.append(f"--{key.replace('_', '-')} {_cli_value(value)}")
     except Exception:  # an unknown or changed recipe: show the recipe table only
         pass
