@@ -243,6 +243,29 @@ def test_card_train_command_lists_only_changed_training_fields():
         "lipzoo train --recipe sll_cpu --lr 0.002 --out runs/sll_xs.cifar10")
 
 
+def test_code_revision_is_dirty_only_for_code_changes(monkeypatch, tmp_path):
+    from lipzoo.hub import publish as publish_module
+
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip("git is not installed")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    files = {"lipzoo/layer.py": "x = 1\n", "lipzoo/hub/published.json": "{}\n", "hub/lipzoo/m/README.md": "card\n"}
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
+        subprocess.run([git, *cmd], cwd=tmp_path, env=env, check=True)
+    monkeypatch.setattr(publish_module, "REPO_ROOT", tmp_path)
+    sha, dirty = publish_module._code_revision()
+    assert sha and len(sha) == 40 and not dirty
+    (tmp_path / "hub/lipzoo/m/README.md").write_text("new card\n")
+    (tmp_path / "lipzoo/hub/published.json").write_text('{"m": 1}\n')
+    assert publish_module._code_revision() == (sha, False)
+    (tmp_path / "lipzoo/layer.py").write_text("x = 2\n")
+    assert publish_module._code_revision() == (sha, True)
+
+
 def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
     monkeypatch.setenv("LIPZOO_CACHE", str(tmp_path / "cache"))
     from safetensors.torch import save_file

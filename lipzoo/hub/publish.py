@@ -116,14 +116,17 @@ def _is_loopback(endpoint: str) -> bool:
 
 
 def _code_revision() -> tuple[str | None, bool]:
-    """``(git sha of the project's HEAD, dirty?)``; ``(None, False)`` outside a git checkout."""
+    """``(git sha of the project's HEAD, dirty?)``; ``(None, False)`` outside a git checkout. Dirty means uncommitted
+    changes to the code (the package and ``hubconf.py``), not to the published data (``hub/``, ``results/``, the
+    registry), which a publish itself writes."""
     git = shutil.which("git")
     if git is None or not (REPO_ROOT / ".git").exists():
         return None, False
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # this checkout, not a hook's repo
     try:
         sha = subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run([git, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, env=env,
+        dirty = subprocess.run([git, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--",
+                                "lipzoo", "hubconf.py", ":(exclude)lipzoo/hub/published.json"], cwd=REPO_ROOT, env=env,
                                capture_output=True, text=True, timeout=10)
         return (sha.stdout.strip() or None), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
