@@ -200,7 +200,8 @@ def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, cm
                     "`--render` rebuilds this table from the last measurements in `results/zoo.json`). "
                     "Target: the project's target for the model and, where it is missed, the measured gap. Training: epochs "
                     "and wall-clock hours of the committed run log (`results/runs/<model>/log.jsonl`) on this project's "
-                    "2-core CPU, which was often shared with other work.")
+                    "2-core CPU, which was often shared with other work, and, where the log records it, the training "
+                    "process's CPU time over both cores (`h CPU / 2`), the measure of the 3-hour budget.")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md_full + "\n")
     print(md_full)
