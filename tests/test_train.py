@@ -1,6 +1,7 @@
 """Training loop: determinism, exact resume, DDP equivalence (gloo on loopback), losses, CR."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
@@ -102,6 +103,21 @@ def test_fast_path_trains(tmp_path, tiny_data):
     assert out["finished"]
     state = load_file(str(tmp_path / "fast" / "model.safetensors"))
     assert all(v.dtype == torch.float32 for v in state.values() if v.is_floating_point())
+
+
+def test_precision_is_part_of_the_recorded_recipe(tmp_path, tiny_data):
+    from lipzoo.train.cli import add_train_arguments, recipe_from_args
+
+    assert get_recipe("soc_cpu").fast is False and get_recipe("sll_cpu").fast is True
+    r = _recipe(epochs=1)
+    assert r.fast is True
+    train(r, tmp_path / "run", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=1)
+    assert json.loads((tmp_path / "run" / "recipe.json").read_text())["fast"] is False
+    with pytest.raises(ValueError, match="recipe changed .*fast"):
+        train(r, tmp_path / "run", data_root=str(tiny_data), fast=True, evaluate=False, progress=False, resume=True)
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    assert recipe_from_args(p.parse_args(["--recipe", "sll_cpu", "--out", "x", "--fast", "false"])).fast is False
 
 
 def test_triangular_and_multistep_schedules():

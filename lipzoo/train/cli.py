@@ -37,7 +37,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly where it stopped")
     p.add_argument("--data", default=None, help="CIFAR root (default: LIPZOO_DATA, ../shared/data, download)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--no-fast", action="store_true", help="fp32 NCHW instead of channels_last + autocast")
+    p.add_argument("--no-fast", action="store_true", help="fp32 NCHW instead of channels_last + autocast "
+                   "(the same as --fast false)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (resume later)")
     p.add_argument("--no-eval", action="store_true", help="skip the final certification on the test set")
     p.add_argument("--no-progress", action="store_true")
@@ -62,7 +63,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from .loop import train
 
     result = train(recipe_from_args(args), args.out, resume=args.resume, data_root=args.data, device=args.device,
-                   fast=not args.no_fast, max_steps=args.max_steps, evaluate=not args.no_eval,
+                   fast=False if args.no_fast else None, max_steps=args.max_steps, evaluate=not args.no_eval,
                    progress=not args.no_progress)
     print(json.dumps(result, indent=2, default=str))
     return 0

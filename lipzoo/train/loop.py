@@ -197,7 +197,7 @@ def train(
     resume: bool = False,
     data_root: str | None = None,
     device: str | None = None,
-    fast: bool = True,
+    fast: bool | None = None,
     max_steps: int | None = None,
     evaluate: bool = True,
     progress: bool = True,
@@ -207,11 +207,15 @@ def train(
     """Train ``recipe`` into ``out_dir``; returns the final record (and writes results.json when ``evaluate``).
 
     ``max_steps`` stops after that many optimizer steps in total (for tests and for interrupting); a later call
-    with ``resume=True`` continues exactly. ``fast``: channels_last + bf16 autocast (CPU) / autocast (GPU).
+    with ``resume=True`` continues exactly. ``fast`` overrides ``recipe.fast`` (channels_last + bf16 autocast on CPU,
+    autocast on GPU) and is recorded in the run's recipe.
     ``train_subset`` / ``eval_subset`` use the first N images (for tests only).
     """
     import lipzoo
 
+    if fast is not None:
+        recipe = recipe.replace(fast=fast)
+    fast = recipe.fast
     dev = _pick_device(device)
     rank, world = _init_distributed(dev)
     is_main = rank == 0
