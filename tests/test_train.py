@@ -118,6 +118,8 @@ def test_precision_is_part_of_the_recorded_recipe(tmp_path, tiny_data):
     p = argparse.ArgumentParser()
     add_train_arguments(p)
     assert recipe_from_args(p.parse_args(["--recipe", "sll_cpu", "--out", "x", "--fast", "false"])).fast is False
+    assert recipe_from_args(p.parse_args(["--recipe", "sll_cpu", "--out", "x", "--no-fast"])).fast is False
+    assert recipe_from_args(p.parse_args(["--recipe", "soc_cpu", "--out", "x"])).fast is False
 
 
 def test_triangular_and_multistep_schedules():

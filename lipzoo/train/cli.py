@@ -56,6 +56,8 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
         value = getattr(args, "ovr_" + f.name, None)
         if value is not None:
             overrides[f.name] = _parse_value(f, value)
+    if getattr(args, "no_fast", False):
+        overrides["fast"] = False
     return recipe.replace(**overrides) if overrides else recipe
 
 
@@ -63,7 +65,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     from .loop import train
 
     result = train(recipe_from_args(args), args.out, resume=args.resume, data_root=args.data, device=args.device,
-                   fast=False if args.no_fast else None, max_steps=args.max_steps, evaluate=not args.no_eval,
+                   max_steps=args.max_steps, evaluate=not args.no_eval,
                    progress=not args.no_progress)
     print(json.dumps(result, indent=2, default=str))
     return 0
