@@ -108,7 +108,9 @@ RECIPES: dict[str, Recipe] = {
     "sandwich_cpu": Recipe(
         name="sandwich_cpu", model="sandwich_xs", epochs=60, batch_size=256, optimizer="adam", lr=0.01,
         schedule="triangular", loss="xent", augment="crop_flip", pad_mode="reflect",
-        description="LBDN recipe shortened for a 2-core CPU: Adam(0.01), triangular, xent, crop+flip",
+        offset=1.0607, temperature=0.125,  # halved LBDN values, as in sll_cpu
+        description="LBDN recipe shortened for a 2-core CPU: Adam(0.01), triangular, xent (offset 1.06, T 0.125), "
+        "crop+flip",
     ),
     "soc_cpu": Recipe(
         name="soc_cpu", model="soc_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
