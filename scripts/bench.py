@@ -150,15 +150,26 @@ def _record_measurement(name: str, row: dict) -> None:
     MEASURED_JSON.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def bench_train() -> list[dict]:
+def bench_train(batch: int = 256, small_batch: int = 32) -> list[dict]:
+    """fp32 NCHW vs channels_last + bf16, and the batch-independent share of the fp32 step.
+
+    A step costs ``T(b) = P + b * c``: ``P`` is what does not scale with the batch (the weight
+    parametrisation, its backward, the optimizer), ``c`` the per-image cost that bf16 and channels_last can
+    speed up. Two batch sizes give ``P``; ``T(batch) / P`` bounds any speed-up of the per-image work alone.
+    """
     rows = []
     for name in compact_models():
         torch.manual_seed(0)
-        slow = _train_step_ips(lipzoo.create_model(name), fast=False, reps=2)
-        fast = _train_step_ips(lipzoo.create_model(name), fast=True, reps=2)
+        slow = _train_step_ips(lipzoo.create_model(name), fast=False, batch=batch, reps=2)
+        slow_small = _train_step_ips(lipzoo.create_model(name), fast=False, batch=small_batch, reps=3)
+        fast = _train_step_ips(lipzoo.create_model(name), fast=True, batch=batch, reps=2)
+        t, t_small = batch / slow, small_batch / slow_small
+        fixed = max(t - (t - t_small) / (batch - small_batch) * batch, 0.0)
         rows.append({"model": name, "fp32_nchw_images_per_s": slow, "bf16_channels_last_images_per_s": fast,
-                     "speedup": fast / slow})
-        print(f"{name:14s} fp32 NCHW {slow:7.1f} img/s   channels_last+bf16 {fast:7.1f} img/s   x{fast / slow:.1f}",
+                     "speedup": fast / slow, "batch_independent_share": fixed / t,
+                     "speedup_bound": t / fixed if fixed > 0 else float("inf")})
+        print(f"{name:14s} fp32 NCHW {slow:7.1f} img/s   channels_last+bf16 {fast:7.1f} img/s   x{fast / slow:.1f}   "
+              f"batch-independent {100 * fixed / t:4.0f}% of the fp32 step (bound x{rows[-1]['speedup_bound']:.1f})",
               flush=True)
     return rows
 
