@@ -3,7 +3,7 @@
 
     python scripts/bench.py layers    # per layer: eval and train-step time vs a plain nn.Conv2d of the same shape
     python scripts/bench.py models    # compact *_xs models: params, train images/s (bf16 + channels_last), epoch time
-    python scripts/bench.py train     # *_xs train step: fp32 NCHW vs channels_last + bf16 (speed-up)
+    python scripts/bench.py train     # *_xs train step: fp32 NCHW vs channels_last (+ bf16), and what bf16 can give
     python scripts/bench.py certify   # seconds to certify the 10,000 CIFAR-10 test images with each *_xs model
     python scripts/bench.py all [--json OUT]
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -22,6 +23,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.flop_counter import FlopCounterMode
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -98,23 +102,32 @@ def bench_layers(batch: int = 64) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ models / train
-def _train_step_ips(model: nn.Module, fast: bool, batch: int = 256, reps: int = 3) -> float:
+def _train_step(model: nn.Module, channels_last: bool, bf16: bool, batch: int = 256) -> Callable[[], None]:
+    """One SGD step of ``model`` on a random batch, in the given memory format and autocast precision."""
     model = model.train()
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
     x = torch.rand(batch, 3, 32, 32)
-    if fast:
-        x = x.to(memory_format=torch.channels_last).bfloat16()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.to(memory_format=torch.channels_last)
+    if bf16:
+        x = x.bfloat16()
     y = torch.randint(0, 10, (batch,))
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
 
+    return step
+
+
+def _train_step_ips(model: nn.Module, fast: bool, batch: int = 256, reps: int = 3,
+                    channels_last: bool | None = None) -> float:
+    """Training images/s; ``fast`` = channels_last + bf16 autocast (``channels_last`` overrides the format)."""
+    step = _train_step(model, fast if channels_last is None else channels_last, fast, batch)
     return batch / _median_time(step, reps=reps)
 
 
@@ -150,27 +163,70 @@ def _record_measurement(name: str, row: dict) -> None:
     MEASURED_JSON.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
-def bench_train(batch: int = 256, small_batch: int = 32) -> list[dict]:
-    """fp32 NCHW vs channels_last + bf16, and the batch-independent share of the fp32 step.
+def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:
+    """GFLOP/s of an ``n x n`` matrix product: the practical compute peak of this CPU for ``dtype``."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / _median_time(lambda: a @ b, reps=5) / 1e9
 
-    A step costs ``T(b) = P + b * c``: ``P`` is what does not scale with the batch (the weight
-    parametrisation, its backward, the optimizer), ``c`` the per-image cost that bf16 and channels_last can
-    speed up. Two batch sizes give ``P``; ``T(batch) / P`` (one over the share) bounds any speed-up of the
-    per-image work alone. Two short timings make the share noisy (tens of percent between runs).
+
+class _NoBF16OpTimer(TorchDispatchMode):
+    """Sums the wall time of every aten op, and of those bf16 autocast cannot lower on CPU: FFTs and any op
+    on a complex tensor (there is no complex bf16 dtype, and FFTs reject bf16 and float16)."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = self.no_bf16 = 0.0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        t = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        dt = time.perf_counter() - t
+        self.total += dt
+        leaves = tree_leaves((args, kwargs, out))
+        if "fft" in func.__name__ or any(isinstance(a, torch.Tensor) and a.is_complex() for a in leaves):
+            self.no_bf16 += dt
+        return out
+
+
+def bench_train(batch: int = 256) -> list[dict]:
+    """fp32 NCHW vs channels_last (fp32) vs channels_last + bf16, and two upper bounds on what bf16 can add.
+
+    Measured on the fp32 step: the share of op time in FFTs and complex-tensor ops (no bf16 CPU kernels; a
+    bf16 path keeps their fp32 time, so the fast/plain ratio is at most ``1 / share``), and the rate of its
+    convolution and matmul FLOPs (``torch.utils.flop_counter``; they cannot run faster than the bf16 matmul
+    peak, so the ratio is at most ``bf16 peak / fp32 rate``). ``bf16_bound`` is the smaller of the two.
+    SOC models get a second row with ``autocast_convs`` (bf16 Taylor convolutions in training, opt-in).
     """
+    peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print(f"matmul 2048: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s "
+          f"(x{peak['bf16'] / peak['fp32']:.2f})", flush=True)
     rows = []
-    for name in compact_models():
+    cases = [(name, name, {}) for name in compact_models()]
+    soc_bf16 = {"soc_args": {"autocast_convs": True}}
+    cases += [(f"{n} (autocast_convs)", n, soc_bf16) for n in compact_models() if n.startswith("soc")]
+    for label, name, kwargs in cases:
         torch.manual_seed(0)
-        slow = _train_step_ips(lipzoo.create_model(name), fast=False, batch=batch, reps=2)
-        slow_small = _train_step_ips(lipzoo.create_model(name), fast=False, batch=small_batch, reps=3)
-        fast = _train_step_ips(lipzoo.create_model(name), fast=True, batch=batch, reps=2)
-        t, t_small = batch / slow, small_batch / slow_small
-        share = max(t - (t - t_small) / (batch - small_batch) * batch, 0.0) / t
-        rows.append({"model": name, "fp32_nchw_images_per_s": slow, "bf16_channels_last_images_per_s": fast,
-                     "speedup": fast / slow, "batch_independent_share": share})
-        bound = f"x{1 / share:.1f}" if share > 0 else "none"
-        print(f"{name:14s} fp32 NCHW {slow:7.1f} img/s   channels_last+bf16 {fast:7.1f} img/s   x{fast / slow:.1f}   "
-              f"batch-independent {100 * share:4.0f}% of the fp32 step (bound {bound})", flush=True)
+        slow = _train_step_ips(lipzoo.create_model(name, **kwargs), fast=False, batch=batch, reps=2)
+        slow_cl = _train_step_ips(lipzoo.create_model(name, **kwargs), fast=False, batch=batch, reps=2,
+                                  channels_last=True)
+        fast = _train_step_ips(lipzoo.create_model(name, **kwargs), fast=True, batch=batch, reps=2)
+        step = _train_step(lipzoo.create_model(name, **kwargs), channels_last=False, bf16=False, batch=batch)
+        step()
+        with FlopCounterMode(display=False) as flops:
+            step()
+        timer = _NoBF16OpTimer()
+        with timer:
+            step()
+        share = timer.no_bf16 / timer.total
+        gflops = flops.get_total_flops() / batch * slow / 1e9
+        bound = min(1 / share if share > 0 else math.inf, peak["bf16"] / gflops)
+        rows.append({"model": label, "fp32_nchw_images_per_s": slow, "fp32_channels_last_images_per_s": slow_cl,
+                     "bf16_channels_last_images_per_s": fast, "speedup": fast / slow, "no_bf16_share": share,
+                     "fp32_gflops": gflops, "bf16_bound": bound, "matmul_gflops_fp32": peak["fp32"],
+                     "matmul_gflops_bf16": peak["bf16"]})
+        print(f"{label:14s} fp32 NCHW {slow:6.1f}  fp32 channels_last {slow_cl:6.1f}  channels_last+bf16 {fast:6.1f} "
+              f"img/s  x{fast / slow:.1f}   FFT/complex ops {100 * share:3.0f}% of the fp32 step, fp32 conv/matmul "
+              f"{gflops:5.0f} GFLOP/s  ->  bf16 can give at most x{bound:.1f}", flush=True)
     return rows
 
 

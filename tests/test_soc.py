@@ -489,3 +489,24 @@ def test_bf16_autocast_channels_last():
             low = m(x)
     assert torch.isfinite(low).all()
     assert (low.float() - ref).abs().max() <= 0.05 * ref.abs().max() + 0.05
+
+
+def test_autocast_convs_lowers_training_convs_only():
+    """``autocast_convs``: training under bf16 autocast runs the Taylor convolutions in bf16 (close to, not
+    equal to, float32; gradients flow); eval, the certified map, stays float32 and is unchanged."""
+    torch.manual_seed(0)
+    fp32, low = (SOCConv2d(8, 8, 3, version="improved", autocast_convs=flag) for flag in (False, True))
+    low.load_state_dict(fp32.state_dict())
+    for m in (fp32, low):
+        m.update_freq = 0
+        m.update_iters = 0  # same stored vectors, so both use the same kernel
+    x = torch.randn(4, 8, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref, out = fp32.train()(x), low.train()(x)
+    assert ref.dtype == out.dtype == torch.float32  # the Taylor sum accumulates in float32
+    err = float((out - ref).detach().norm() / ref.detach().norm())
+    assert 1e-5 < err < 2e-2, err  # bf16 terms: visibly rounded, still close
+    out.square().sum().backward()
+    assert low.weight.grad is not None and torch.isfinite(low.weight.grad).all()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(low.eval()(x), fp32.eval()(x))

@@ -94,19 +94,26 @@ def skew_kernel(kernel: torch.Tensor) -> torch.Tensor:
     return 0.5 * (kernel - transpose_kernel(kernel))
 
 
-def conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = False) -> torch.Tensor:
+def conv_exp(
+    x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool = False, autocast_convs: bool = False
+) -> torch.Tensor:
     """``sum_{j=0..order} S^j x / j!`` with ``S = conv2d(., kernel)``, zero "same" padding ``k // 2``.
 
     ``horner=False``: running sum ``t <- S t / j`` (ICML'21 code); ``horner=True``:
     ``z <- x + S z / j`` for ``j = order..1`` (improved code). Equal in exact arithmetic.
 
-    Runs in the kernel's dtype (float32/float64) even under autocast: a bf16 Taylor sum loses orthogonality,
-    and on CPU the bf16 weight gradients of these small-map, many-channel convolutions are 20-40x slower than
-    float32 (oneDNN, measured on this project's 2-core machine), so bf16 makes SOC training slower, not faster.
+    By default the sum runs in the kernel's dtype (float32/float64) even under autocast: the map is then
+    orthogonal to float32 precision. ``autocast_convs=True`` lets an active autocast run the convolutions
+    (bf16 on CPU) while the sum stays in the kernel's dtype: each term then carries a relative error ~2^-8,
+    so the training map is orthogonal only to ~1e-2; worth it only where bf16 convolutions are fast
+    (``python scripts/bench.py train``: CPUs with AVX512-BF16/AMX; on one host this project ran on, bf16
+    weight gradients of these convolutions were 20-40x slower than float32).
     """
     pad = kernel.shape[-1] // 2
     if x.dtype in (torch.float16, torch.bfloat16):  # autocast activations; never a silent float64 -> float32
         x = x.to(kernel.dtype)
+    if autocast_convs:
+        return _conv_exp(x, kernel, order, horner, pad)
     with _autocast_off(x.device):
         return _conv_exp(x, kernel, order, horner, pad)
 
@@ -120,7 +127,7 @@ def _conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool, p
     z = term = x
     for j in range(1, order + 1):
         term = F.conv2d(term, kernel, padding=pad).div_(j)
-        z = z + term
+        z = z + term  # type promotion keeps the sum in x's dtype when autocast returns bf16 terms
     return z
 
 
@@ -181,6 +188,8 @@ class SOCConv2d(LipschitzModule):
         float32_norm: normalise power-iteration vectors with a float32 norm and the authors' reductions (the
             ICML'21 code's numerics). Only the train-mode vectors' last ~7 digits depend on it, and those also
             depend on the machine's float32 summation order, so bitwise reproduction is not guaranteed.
+        autocast_convs: in training mode under an active autocast, run the Taylor terms' convolutions in the
+            autocast dtype (:func:`conv_exp`); the eval (certified) map always runs in float32/float64.
     """
 
     def __init__(
@@ -198,6 +207,7 @@ class SOCConv2d(LipschitzModule):
         update_iters: int = 1,
         update_freq: int | None = None,
         float32_norm: bool = False,
+        autocast_convs: bool = False,
     ):
         super().__init__()
         if version not in _VERSIONS:
@@ -217,6 +227,7 @@ class SOCConv2d(LipschitzModule):
         self.init_iters, self.update_iters = init_iters, update_iters
         self.update_freq = d["update_freq"] if update_freq is None else int(update_freq)
         self.float32_norm = float32_norm
+        self.autocast_convs = autocast_convs
         self._train_steps = 0  # Python counter, not saved (as in the ICML'21 code)
 
         self.unshuffle = PixelUnshuffle(stride) if stride > 1 else nn.Identity()
@@ -314,7 +325,8 @@ class SOCConv2d(LipschitzModule):
             raise ValueError(f"SOCConv2d expected {self.in_channels} input channels, got {x.shape[1]}")
         if not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             z = z.contiguous(memory_format=torch.channels_last)  # keep channels_last through unshuffle / pad
-        z = self.trunc(conv_exp(z, kernel, order, horner=self.horner))
+        low_precision = self.autocast_convs and self.training
+        z = self.trunc(conv_exp(z, kernel, order, horner=self.horner, autocast_convs=low_precision))
         if self.bias is not None:
             z = z + self.bias.view(1, -1, 1, 1)
         return z

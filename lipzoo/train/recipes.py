@@ -116,7 +116,9 @@ RECIPES: dict[str, Recipe] = {
         name="soc_cpu", model="soc_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
         weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("act", "theta"), schedule="triangular",
         loss="xent", augment="crop_flip", pad_mode="constant",
-        fast=False,  # bf16 autocast is slower for SOC's convolution exponential on CPU (scripts/bench.py train)
+        # float32, as the published soc_xs run: SOC's Taylor convolutions stay float32 under autocast unless
+        # model_args {"soc_args": {"autocast_convs": true}} (scripts/bench.py train)
+        fast=False,
         description="SOC on a 2-core CPU: SGD(0.05, m 0.9, wd 5e-4 on weights), triangular, xent, crop+flip, "
         "float32",
     ),
