@@ -505,7 +505,7 @@ def test_autocast_convs_lowers_training_convs_only():
         ref, out = fp32.train()(x), low.train()(x)
     assert ref.dtype == out.dtype == torch.float32  # the Taylor sum accumulates in float32
     err = float((out - ref).detach().norm() / ref.detach().norm())
-    assert 1e-5 < err < 2e-2, err  # bf16 terms: visibly rounded, still close
+    assert 1e-5 < err < 1e-2, err  # bf16 terms: visibly rounded, still close
     out.square().sum().backward()
     assert low.weight.grad is not None and torch.isfinite(low.weight.grad).all()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):

@@ -102,12 +102,11 @@ def conv_exp(
     ``horner=False``: running sum ``t <- S t / j`` (ICML'21 code); ``horner=True``:
     ``z <- x + S z / j`` for ``j = order..1`` (improved code). Equal in exact arithmetic.
 
-    By default the sum runs in the kernel's dtype (float32/float64) even under autocast: the map is then
-    orthogonal to float32 precision. ``autocast_convs=True`` lets an active autocast run the convolutions
-    (bf16 on CPU) while the sum stays in the kernel's dtype: each term then carries a relative error ~2^-8,
-    so the training map is orthogonal only to ~1e-2; worth it only where bf16 convolutions are fast
-    (``python scripts/bench.py train``: CPUs with AVX512-BF16/AMX; on one host this project ran on, bf16
-    weight gradients of these convolutions were 20-40x slower than float32).
+    By default the sum runs in the kernel's dtype (float32/float64) even under autocast. ``autocast_convs=True``
+    lets an active autocast run the convolutions (bf16 on CPU) while the sum stays in the kernel's dtype: the
+    terms then carry bf16 rounding (below 1e-2 relative error on a layer's output). Meant for training where
+    bf16 convolutions are fast (``python scripts/bench.py train``: x1.2 on this project's AVX512-BF16 CPU; on
+    another host bf16 weight gradients of these convolutions were 20-40x slower than float32).
     """
     pad = kernel.shape[-1] // 2
     if x.dtype in (torch.float16, torch.bfloat16):  # autocast activations; never a silent float64 -> float32
