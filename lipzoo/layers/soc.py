@@ -105,7 +105,7 @@ def conv_exp(
     By default the sum runs in the kernel's dtype (float32/float64) even under autocast. ``autocast_convs=True``
     lets an active autocast run the convolutions (bf16 on CPU) while the sum stays in the kernel's dtype: the
     terms then carry bf16 rounding (below 1e-2 relative error on a layer's output). Meant for training where
-    bf16 convolutions are fast (``python scripts/bench.py train``: x1.2 on this project's AVX512-BF16 CPU; on
+    bf16 convolutions are fast (``python scripts/bench.py train``: x1.2-1.4 on this project's AVX512-BF16 CPU; on
     another host bf16 weight gradients of these convolutions were 20-40x slower than float32).
     """
     pad = kernel.shape[-1] // 2
