@@ -193,8 +193,8 @@ def bench_train(batch: int = 256) -> list[dict]:
 
     Measured on the fp32 step: the share of op time in FFTs and complex-tensor ops (no bf16 CPU kernels; a
     bf16 path keeps their fp32 time, so the fast/plain ratio is at most ``1 / share``), and the rate of its
-    convolution and matmul FLOPs (``torch.utils.flop_counter``; they cannot run faster than the bf16 matmul
-    peak, so the ratio is at most ``bf16 peak / fp32 rate``). ``bf16_bound`` is the smaller of the two.
+    convolution and matmul FLOPs (``torch.utils.flop_counter``; they cannot run faster than a large bf16 matmul,
+    the practical peak, so the ratio is at most ``bf16 peak / fp32 rate``). ``bf16_bound`` is the smaller of the two.
     SOC models get a second row with ``autocast_convs`` (bf16 Taylor convolutions in training, opt-in).
     """
     peak = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
