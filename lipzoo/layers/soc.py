@@ -111,9 +111,7 @@ def conv_exp(
     pad = kernel.shape[-1] // 2
     if x.dtype in (torch.float16, torch.bfloat16):  # autocast activations; never a silent float64 -> float32
         x = x.to(kernel.dtype)
-    if autocast_convs:
-        return _conv_exp(x, kernel, order, horner, pad)
-    with _autocast_off(x.device):
+    with contextlib.nullcontext() if autocast_convs else _autocast_off(x.device):
         return _conv_exp(x, kernel, order, horner, pad)
 
 
