@@ -177,3 +177,149 @@ def test_certificate_regularisation_increases_the_mean_margin():
             return float(certify.label_radii(model, model(x), y).clamp_min(0).mean())
 
     assert mean_radius(1.0) > mean_radius(0.0)
+
+
+# ------------------------------------------------------------------------------------------ weight averaging
+def _ckpt(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)
+
+
+def test_ema_off_is_the_default_and_changes_nothing(tmp_path, tiny_data):
+    from lipzoo.train.recipes import RECIPES, Recipe
+
+    assert Recipe().ema_decay == 0.0
+    assert all(r.ema_decay == 0.0 for k, r in RECIPES.items() if not k.endswith("_long"))
+    off = _recipe(epochs=1, val_split=16)
+    train(off, tmp_path / "off", data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
+    train(off.replace(ema_decay=0.9), tmp_path / "on", data_root=str(tiny_data), fast=False, evaluate=False,
+          progress=False)
+    ck_off, ck_on = _ckpt(tmp_path / "off"), _ckpt(tmp_path / "on")
+    assert "ema" not in ck_off and "ema" in ck_on
+    # the average only observes: the trained weights are bit-identical with and without it
+    for k in ck_off["model"]:
+        torch.testing.assert_close(ck_off["model"][k], ck_on["model"][k], rtol=0, atol=0, msg=k)
+    # without EMA the exported weights are the trained ones, and the log has no EMA metrics
+    exported = load_file(str(tmp_path / "off" / "model.safetensors"))
+    for k, v in ck_off["model"].items():
+        torch.testing.assert_close(exported[k], v.float(), rtol=0, atol=0, msg=k)
+    (log_off,) = [json.loads(line) for line in (tmp_path / "off" / "log.jsonl").read_text().splitlines()]
+    (log_on,) = [json.loads(line) for line in (tmp_path / "on" / "log.jsonl").read_text().splitlines()]
+    assert "val_clean" in log_off and not any(k.startswith("val_ema") for k in log_off)
+    assert {"val_ema_clean", "val_ema_cert36"} <= set(log_on)
+    assert 0.0 <= log_on["val_ema_clean"] <= 1.0 and 0.0 <= log_on["val_ema_cert36"] <= log_on["val_ema_clean"]
+    assert log_on["val_clean"] == log_off["val_clean"]  # the trained model's metrics are unchanged
+
+
+def test_ema_matches_a_hand_computed_average(tmp_path, tiny_data):
+    decay = 0.5
+    r = _recipe(ema_decay=decay)
+    params = []  # trained weights after 1, 2, 3 optimizer steps (runs are deterministic)
+    for k in (1, 2, 3):
+        train(r, tmp_path / f"s{k}", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=k)
+        params.append(_ckpt(tmp_path / f"s{k}")["model"])
+    torch.manual_seed(r.seed)  # the loop builds the model right after seeding: the initial weights
+    init = lipzoo.create_model(r.model, num_classes=10, **r.model_args).state_dict()
+    ema = _ckpt(tmp_path / "s3")["ema"]
+    assert ema["updates"] == 3 and ema["decay"] == decay
+    # warm-up: d_t = min(decay, (1 + t) / (10 + t)) -> 0.1, 2/11, 0.25
+    ds = [min(decay, (1 + t) / (10 + t)) for t in range(3)]
+    assert ds == pytest.approx([0.1, 2 / 11, 0.25])
+    for name, value in ema["shadow"].items():
+        expected = init[name].double()
+        for d, p in zip(ds, params):
+            expected = d * expected + (1 - d) * p[name].double()
+        torch.testing.assert_close(value.double(), expected, rtol=1e-5, atol=1e-6, msg=name)
+    # and it is not simply the last trained weights
+    assert any(not torch.allclose(ema["shadow"][n], params[-1][n]) for n in ema["shadow"])
+
+
+def test_ema_weights_are_exported_and_certified(tmp_path, tiny_data):
+    from lipzoo import certify
+
+    r = _recipe(epochs=1, ema_decay=0.6)
+    out = train(r, tmp_path / "run", data_root=str(tiny_data), fast=True, evaluate=True, progress=False,
+                eval_subset=16)
+    ck = _ckpt(tmp_path / "run")
+    exported = load_file(str(tmp_path / "run" / "model.safetensors"))
+    for name, value in ck["ema"]["shadow"].items():
+        torch.testing.assert_close(exported[name], value.float().contiguous(), rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(exported[n], ck["model"][n].float().contiguous()) for n in ck["ema"]["shadow"])
+    # the claims in results.json are the averaged model's: certify it independently from the exported file
+    model = lipzoo.create_model(r.model, num_classes=10, **r.model_args)
+    model.load_state_dict(exported)
+    from lipzoo.data import load_cifar
+
+    x, y = load_cifar("cifar10", "test", str(tiny_data))
+    res = certify.certify(model, torch.from_numpy(x[:16]).permute(0, 3, 1, 2).float().div(255), torch.from_numpy(y[:16]))
+    claims = json.loads((tmp_path / "run" / "results.json").read_text())["claims"]
+    assert claims["clean_accuracy"] == pytest.approx(res.clean_accuracy)
+    assert out["claims"]["clean_accuracy"] == pytest.approx(res.clean_accuracy)
+
+
+def test_resume_with_ema_is_exact(tmp_path, tiny_data):
+    r = _recipe(ema_decay=0.8, val_split=16)  # 64 training images: 4 steps per epoch, 8 in all
+    train(r, tmp_path / "full", data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
+    out = train(r, tmp_path / "cut", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=3)
+    assert out["step"] == 3 and _ckpt(tmp_path / "cut")["ema"]["updates"] == 3
+    train(r, tmp_path / "cut", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, resume=True)
+    a, b = _ckpt(tmp_path / "full"), _ckpt(tmp_path / "cut")
+    assert a["ema"]["updates"] == b["ema"]["updates"] == 8
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=0, atol=0, msg=k)
+    for k in a["ema"]["shadow"]:
+        torch.testing.assert_close(a["ema"]["shadow"][k], b["ema"]["shadow"][k], rtol=0, atol=0, msg=k)
+    fa, fb = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(tmp_path / "cut" / "model.safetensors"))
+    assert all(torch.equal(fa[k], fb[k]) for k in fa)
+    last = lambda d: json.loads((d / "log.jsonl").read_text().splitlines()[-1])  # noqa: E731
+    assert last(tmp_path / "full")["val_ema_cert36"] == last(tmp_path / "cut")["val_ema_cert36"]
+    assert last(tmp_path / "full")["val_ema_clean"] == last(tmp_path / "cut")["val_ema_clean"]
+    # a different decay is a different recipe
+    with pytest.raises(ValueError, match="recipe changed .*ema_decay"):
+        train(r.replace(ema_decay=0.9), tmp_path / "cut", data_root=str(tiny_data), fast=False, evaluate=False,
+              progress=False, resume=True)
+
+
+def test_resume_of_a_checkpoint_older_than_a_recipe_field(tmp_path, tiny_data):
+    r = _recipe()
+    train(r, tmp_path / "run", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=2)
+    ck = _ckpt(tmp_path / "run")
+    del ck["recipe"]["ema_decay"]  # written before the field existed: it ran with the default (off)
+    torch.save(ck, tmp_path / "run" / "checkpoint.pt")
+    out = train(r, tmp_path / "run", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, resume=True)
+    assert out["finished"]
+    with pytest.raises(ValueError, match="recipe changed .*ema_decay"):
+        train(r.replace(ema_decay=0.5), tmp_path / "run", data_root=str(tiny_data), fast=False, evaluate=False,
+              progress=False, resume=True)
+
+
+def test_ema_decay_is_a_command_line_option():
+    from lipzoo.train.cli import add_train_arguments, recipe_from_args
+
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    assert recipe_from_args(p.parse_args(["--recipe", "sandwich_cpu", "--out", "x", "--ema-decay", "0.999"])).ema_decay == 0.999
+    assert recipe_from_args(p.parse_args(["--recipe", "sandwich_cpu", "--out", "x"])).ema_decay == 0.0
+
+
+def test_long_sandwich_recipe_is_registered_and_valid():
+    from lipzoo.train.loop import _augment_config, build_optimizer, build_scheduler
+    from lipzoo.train.recipes import RECIPES, Recipe
+    from lipzoo.train.cli import add_train_arguments, recipe_from_args
+
+    assert all(r.name == k for k, r in RECIPES.items())
+    r = get_recipe("sandwich_cpu_long")
+    base = get_recipe("sandwich_cpu")
+    assert r.model == base.model == "sandwich_xs"
+    assert r.epochs > base.epochs and 0.99 <= r.ema_decay < 1.0 and r.val_split == 5000
+    # the same optimisation as the published sandwich_xs otherwise
+    same = {f for f in Recipe.__dataclass_fields__ if f not in ("name", "epochs", "ema_decay", "val_split", "description")}
+    assert {f: getattr(r, f) for f in same} == {f: getattr(base, f) for f in same}
+    model = lipzoo.create_model(r.model)
+    assert sum(p.numel() for p in model.parameters()) <= 3_000_000
+    opt = build_optimizer(model, r)
+    sched = build_scheduler(opt, r, steps_per_epoch=(50_000 - r.val_split) // r.batch_size)
+    assert _augment_config(r) is not None and sched.get_last_lr()[0] == 0.0
+    json.dumps(r.to_dict())  # what checkpoint.pt and recipe.json record
+    p = argparse.ArgumentParser()
+    add_train_arguments(p)
+    assert recipe_from_args(p.parse_args(["--recipe", "sandwich_cpu_long", "--out", "x"])) == r

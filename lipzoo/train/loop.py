@@ -8,11 +8,17 @@
 * Checkpoints (model, optimizer, scheduler, RNG states, epoch, step) every ``checkpoint_minutes`` and at the
   end, written atomically; ``resume=True`` continues from the last one. Training checkpoints are lipzoo's own
   files and are read back with ``torch.load(weights_only=True)``.
+* Weight averaging (``recipe.ema_decay > 0``, :class:`WeightEMA`): an exponential moving average of the parameters,
+  updated after every optimizer step and saved in the checkpoint (a resume is exact); the averaged weights are what
+  is exported, evaluated on the test set and certified, and with ``val_split > 0`` each epoch also logs their
+  validation metrics (``val_ema_clean``, ``val_ema_cert36``) beside the trained weights' (``val_clean``,
+  ``val_cert36``).
 * No test-set selection: the final model is evaluated once on the full test set with the shared certifier and
   written as ``results.json`` (the claims record) and ``model.safetensors``, ready for ``lipzoo publish``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -35,7 +41,7 @@ from .augment import AugmentConfig, augment_batch
 from .losses import TrainingLoss
 from .recipes import Recipe
 
-__all__ = ["train", "TrainState", "build_optimizer", "build_scheduler", "export_model"]
+__all__ = ["train", "TrainState", "WeightEMA", "build_optimizer", "build_scheduler", "export_model"]
 
 _SLL_JITTER = (0.1, (0.5, 2.0), (0.3, 2.0), 0.02)
 
@@ -104,6 +110,60 @@ def lr_factor(step: int, total: int, recipe: Recipe, steps_per_epoch: int) -> fl
 def build_scheduler(opt: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
     total = recipe.epochs * steps_per_epoch
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, recipe, steps_per_epoch))
+
+
+# ------------------------------------------------------------------------------------------ weight averaging
+class WeightEMA:
+    """Exponential moving average of a model's parameters, kept in float32 beside the model.
+
+    After the ``t``-th optimizer step (``t = 0, 1, ...``) every parameter's average moves as
+    ``ema <- d_t * ema + (1 - d_t) * param`` with ``d_t = min(decay, (1 + t) / (10 + t))`` (the warm-up keeps the
+    early average from being dominated by the initial weights), starting from the initial weights. Buffers are not
+    averaged: :meth:`copy_to` takes them from the trained model. Only parameters are averaged, never a
+    parametrisation's output, so the averaged model is as Lipschitz as any weights of its family: its bound is
+    computed from the averaged parameters like any other model's.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = float(decay)
+        self.updates = 0
+        self.shadow: dict[str, torch.Tensor] = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+
+    def decay_at(self, t: int) -> float:
+        return min(self.decay, (1.0 + t) / (10.0 + t))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        w = 1.0 - self.decay_at(self.updates)
+        for n, p in model.named_parameters():
+            self.shadow[n].lerp_(p.detach().float(), w)
+        self.updates += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"decay": self.decay, "updates": self.updates, "shadow": dict(self.shadow)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if set(state["shadow"]) != set(self.shadow):
+            raise ValueError("the checkpoint's EMA parameters do not match the model's")
+        for n, t in state["shadow"].items():
+            self.shadow[n].copy_(t)
+        self.updates = int(state["updates"])
+
+    @torch.no_grad()
+    def copy_to(self, target: nn.Module, source: nn.Module) -> nn.Module:
+        """Load the averaged parameters (and ``source``'s buffers) into ``target`` and return it in eval mode.
+
+        ``load_state_dict`` clears every parametrisation cache (``lipzoo.layers.base.ParametrizationCache``) and
+        bumps the parameters' version counters; ``train()`` clears them once more before ``eval()``, so no
+        orthogonalised kernel or rescaling computed from older weights survives the copy."""
+        state = source.state_dict()
+        for n, t in self.shadow.items():
+            state[n] = t
+        target.load_state_dict(state)
+        target.train()
+        return target.eval()
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -246,16 +306,25 @@ def train(
     loss_fn = TrainingLoss(recipe.loss, recipe.offset, recipe.temperature, recipe.margin, recipe.cr_gamma,
                            recipe.curvature_beta)
     step = 0
+    # the averaged weights and a copy of the model to evaluate them in (deepcopy: no RNG is drawn, so training
+    # is the same with and without EMA); created before any hook is registered on the model
+    ema = WeightEMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
+    ema_model = copy.deepcopy(model).eval() if ema is not None else None
     if resume and out.ckpt.exists():
         ck = torch.load(out.ckpt, map_location="cpu", weights_only=True)
-        if ck["recipe"] != json.loads(json.dumps(recipe.to_dict())):
-            changed = sorted(k for k in ck["recipe"] if ck["recipe"][k] != json.loads(json.dumps(recipe.to_dict())).get(k))
+        # a field added to Recipe after the checkpoint was written ran with its default (e.g. ema_decay = 0)
+        saved = {**json.loads(json.dumps(Recipe().to_dict())), **ck["recipe"]}
+        now = json.loads(json.dumps(recipe.to_dict()))
+        if saved != now:
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"cannot resume {out.ckpt}: the recipe changed ({', '.join(changed)}); use a new --out")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         torch.set_rng_state(ck["rng_cpu"])
         step = int(ck["step"])
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
     elif out.ckpt.exists() and is_main:
         raise FileExistsError(f"{out.ckpt} exists: pass resume=True (--resume) to continue, or use a new output dir")
     if is_main:
@@ -276,7 +345,12 @@ def train(
             "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "rng_cpu": torch.get_rng_state(), "epoch": step // steps_per_epoch, "step": step,
             "recipe": json.loads(json.dumps(recipe.to_dict())),
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         }, out.ckpt)
+
+    def averaged() -> nn.Module:
+        """The weights that are exported and certified: the EMA when it is on, else the trained model."""
+        return model if ema is None else ema.copy_to(ema_model, model)
 
     # the MLP-curvature rule needs the head's input: capture it with a hook (works under DDP too)
     captured: dict[str, torch.Tensor] = {}
@@ -315,6 +389,8 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema.update(model)
             step += 1
             with torch.no_grad():
                 acc = float((logits.argmax(1) == yb).float().mean())
@@ -348,6 +424,9 @@ def train(
             }
             if val is not None:
                 rec.update(_quick_eval(model, val[0], val[1], dev))
+                if ema is not None:
+                    rec.update({"val_ema_" + k[len("val_"):]: v
+                                for k, v in _quick_eval(averaged(), val[0], val[1], dev).items()})
             out.log_epoch(rec)
             print(json.dumps(rec), flush=True)
         save_checkpoint()
@@ -358,9 +437,12 @@ def train(
     if is_main and step >= total_steps:
         meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": lipzoo.__version__,
                 "git_revision": _git_revision() or "unknown"}
-        export_model(model, out.dir / "model.safetensors", meta)
+        final = averaged()
+        if ema is not None:
+            meta["ema_decay"] = str(recipe.ema_decay)
+        export_model(final, out.dir / "model.safetensors", meta)
         if evaluate:
-            result["claims"] = evaluate_and_write(model, recipe, out.dir, data_root, eval_subset)
+            result["claims"] = evaluate_and_write(final, recipe, out.dir, data_root, eval_subset)
     return result
 
 
