@@ -95,8 +95,9 @@ def new_cache(ctx: dict, name: str) -> Path:
 # ----------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory):
-    """A local hub on a free port serving an empty folder, and sll_xs (random weights, quick claims on the first
-    200 test images) published to it from a training-run directory with the ``lipzoo publish`` command."""
+    """A local hub on a free port serving an empty folder, writes allowed with its token, and sll_xs (random
+    weights, quick claims on the first 200 test images) published to it from a training-run directory with the
+    ``lipzoo publish`` command."""
     import torch
     from safetensors.torch import save_file
 
@@ -117,14 +118,14 @@ def ctx(tmp_path_factory):
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
     (run / "results.json").write_text(json.dumps({"arch": "sll_xs", "git_revision": "0" * 40,
                                                   "recipe": {"name": "sll_cpu", "model": "sll_xs", "epochs": 3}}))
-    hub = LocalHub(served).start()
+    hub = LocalHub(served, allow_writes=True).start()
     ctx = {"tmp": tmp, "served": served, "hub_dir": hub_dir, "cache": cache, "hub": hub, "endpoint": hub.endpoint,
            "published_json": tmp / "published.json", "run": run}
     try:
         res = subprocess.run(
             [sys.executable, "-m", "lipzoo.cli", "publish", str(run), "--arch", "sll-xs", "--tag", "cifar10",
              "--hub-dir", str(hub_dir), "--quick", "--quick-n", str(QUICK_N), "--endpoint", hub.endpoint],
-            env=child_env(ctx), cwd=str(ROOT), capture_output=True, text=True, timeout=300)
+            env=child_env(ctx, LIPZOO_HUB_TOKEN=hub.token), cwd=str(ROOT), capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, f"publish failed:\n{res.stdout}\n{res.stderr[-6000:]}"
         ctx["publish_output"] = res.stdout
         ctx["entry"] = json.loads(ctx["published_json"].read_text())[MODEL_ID]
@@ -334,7 +335,7 @@ def test_write_routes_with_real_client(ctx, tmp_path):
     code = f'''
         from huggingface_hub import HfApi, hf_hub_download
         from huggingface_hub.errors import HfHubHTTPError
-        api = HfApi(token="dummy")
+        api = HfApi(token="{ctx['hub'].token}")
         api.create_repo("lipzoo/scratch", exist_ok=True)
         api.create_repo("lipzoo/scratch", exist_ok=True)
         first = api.upload_file(path_or_fileobj=b"v1", path_in_repo="notes/a.txt", repo_id="lipzoo/scratch").oid
@@ -419,7 +420,7 @@ def test_bad_files_and_inflated_claims_are_refused(ctx, honest, tmp_path):
         import os, torch, lipzoo
         from huggingface_hub import HfApi, constants
         from lipzoo.hub.download import load_pretrained
-        api = HfApi(token="dummy")
+        api = HfApi(token="{ctx['hub'].token}")
         # one byte flipped in the served file of the published repo itself: a new commit on main
         api.upload_file(path_or_fileobj="{bad['tampered'] / 'model.safetensors'}", path_in_repo="model.safetensors",
                         repo_id="{REPO_ID}")

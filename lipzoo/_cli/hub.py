@@ -6,15 +6,15 @@ import sys
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..hub.server import serve
+    from ..hub.server import ServeError, serve
 
     try:
-        serve(args.root, args.port)
-    except (FileNotFoundError, ModuleNotFoundError) as e:
+        serve(args.root, args.port, allow_writes=args.allow_writes)
+    except (FileNotFoundError, ModuleNotFoundError, ServeError) as e:
         hint = " (install the hub extra: pip install 'lipzoo[hub]')" if isinstance(e, ModuleNotFoundError) else ""
         print(f"lipzoo hub serve: {e}{hint}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: the server has cleaned up
         pass
     return 0
 
@@ -40,7 +40,9 @@ def register(sub) -> None:
     hub_sub = hub.add_subparsers(dest="hub_command", metavar="COMMAND")
     serve = hub_sub.add_parser("serve", help="serve every repo under hub/ on 127.0.0.1 (olah + upload routes)",
                                description="Serve hub/ as a Hugging Face hub on 127.0.0.1 until Ctrl-C/SIGTERM. "
-                                           "Then: export HF_ENDPOINT=http://127.0.0.1:PORT")
+                                           "Then: export HF_ENDPOINT=http://127.0.0.1:PORT. Read-only unless "
+                                           "--allow-writes (then uploads need the hub's token; lipzoo publish "
+                                           "finds it).")
     add_arguments(serve)
     serve.set_defaults(func=_serve)
     hub.set_defaults(func=lambda a: (hub.print_help(), 2)[1])

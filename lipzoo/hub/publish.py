@@ -99,7 +99,9 @@ def record_published(model_id: str, entry: Mapping[str, Any], path: str | os.Pat
 
 def resolve_endpoint(endpoint: str | None = None, token: str | None = None) -> tuple[str, str | None]:
     """``(endpoint, token)`` of the upload: ``endpoint`` > ``$HF_ENDPOINT`` > the Hugging Face Hub when a token
-    is set > the local hub on its default port. Loopback hubs get a placeholder token, never a real one."""
+    is set > the local hub on its default port. Loopback hubs never get a real Hugging Face token: they get the
+    local hub's write token (``$LIPZOO_HUB_TOKEN``, else the one the server on that port wrote), else a
+    placeholder the hub refuses with a message saying what to do."""
     from huggingface_hub import get_token
 
     from .server import DEFAULT_PORT
@@ -107,8 +109,31 @@ def resolve_endpoint(endpoint: str | None = None, token: str | None = None) -> t
     token = token or get_token()
     ep = endpoint or os.environ.get("HF_ENDPOINT") or ("https://huggingface.co" if token else f"http://127.0.0.1:{DEFAULT_PORT}")
     if _is_loopback(ep):
-        token = LOCAL_TOKEN
+        token = _local_token(ep)
     return ep.rstrip("/"), token
+
+
+def _local_token(endpoint: str) -> str:
+    """The write token for the local hub at ``endpoint``: ``$LIPZOO_HUB_TOKEN``, the server's token file, or
+    :data:`LOCAL_TOKEN`."""
+    from .server import TOKEN_ENV, read_token
+
+    url = urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return os.environ.get(TOKEN_ENV) or read_token(port) or LOCAL_TOKEN
+
+
+def _local_hub_read_only(endpoint: str) -> bool:
+    """Whether ``endpoint`` is a lipzoo local hub started without ``--allow-writes`` (``False`` if unknown)."""
+    import urllib.request
+
+    from .server import STATUS_ROUTE
+
+    try:
+        with urllib.request.urlopen(endpoint + STATUS_ROUTE, timeout=5) as r:
+            return json.loads(r.read()).get("writes") is False
+    except (OSError, ValueError, AttributeError):  # not a lipzoo hub, or an older one
+        return False
 
 
 def _is_loopback(endpoint: str) -> bool:
@@ -357,6 +382,9 @@ def publish(
         if not endpoint_reachable(ep):
             messages.append(f"no hub reachable at {ep}: upload skipped. The repo is in {hub_root}; `lipzoo hub serve` "
                             "serves it, or publish again with --endpoint")
+        elif _is_loopback(ep) and _local_hub_read_only(ep):
+            messages.append(f"the local hub at {ep} is read-only: upload skipped. The repo is in {hub_root}; restart "
+                            "`lipzoo hub serve` to serve it, or start it with --allow-writes and publish again")
         else:
             try:
                 oid = _upload(folder, repo_id, model_id, sha, ep, tok)

@@ -18,14 +18,25 @@ FastAPI app, a few routes make ``HfApi.create_repo`` / ``upload_folder`` / ``upl
 Only ``main`` of model repos can be written; LFS uploads are refused. Uploads are served at once; changes made
 to the root folder by hand are served after a restart.
 
-Command line: ``lipzoo hub serve [--port P] [--root hub/]``; Python: ``with LocalHub(root) as hub: hub.endpoint``.
+The doors: only regular files resolving inside the root are served (see :mod:`lipzoo.hub.snapshot`); the
+server is **read-only** unless started with ``allow_writes`` (``--allow-writes``), and then every request but
+GET/HEAD must carry ``Authorization: Bearer <token>``: the token is ``$LIPZOO_HUB_TOKEN`` or a random one,
+written to :func:`token_path` (mode 0600) for ``lipzoo publish`` to read. Requests whose ``Origin`` or
+``Host`` is not this server's own (a web page in the user's browser, DNS rebinding) are refused.
+
+Command line: ``lipzoo hub serve [--port P] [--root hub/] [--allow-writes]``; Python:
+``with LocalHub(root) as hub: hub.endpoint`` (``LocalHub(root, allow_writes=True).token`` to write).
 """
 # no `from __future__ import annotations`: FastAPI must see the real types of the route parameters
 import argparse
 import base64
+import contextlib
+import errno
+import hmac
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -36,15 +47,21 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
-from .snapshot import check_repo_id, hub_dir, iter_repos, replace_dir, run_git, snapshot_commit
+from .snapshot import check_repo_id, hub_dir, iter_repos, replace_dir, repo_files, run_git, snapshot_commit
 
-__all__ = ["DEFAULT_PORT", "LocalHub", "serve", "build_mirrors", "free_port", "endpoint_reachable", "main"]
+__all__ = ["DEFAULT_PORT", "LocalHub", "serve", "build_mirrors", "free_port", "endpoint_reachable", "main",
+           "ServeError", "token_path", "read_token", "write_token", "TOKEN_ENV"]
 
 DEFAULT_PORT = 18090
 STATUS_ROUTE = "/api/lipzoo-local/status"
+TOKEN_ENV = "LIPZOO_HUB_TOKEN"  # the write token: the server requires it, `lipzoo publish` sends it
 _RESOLVE = re.compile(r"^/(?:models/)?([^/]+)/([^/]+)/resolve/([^/]+)/(.+)$")
+
+
+class ServeError(RuntimeError):
+    """The hub cannot start (port taken, bad port); the message says what to do, in one line."""
 
 
 def free_port() -> int:
@@ -78,8 +95,45 @@ def endpoint_reachable(endpoint: str, timeout: float = 3.0) -> bool:
 
 
 def build_mirrors(root: str | os.PathLike, mirrors: str | os.PathLike) -> dict[str, str]:
-    """Snapshot every repo folder of ``root`` into ``<mirrors>/models/<org>/<name>``; ``{repo_id: sha}``."""
-    return {rid: snapshot_commit(Path(root) / rid, Path(mirrors) / "models" / rid, rid) for rid in iter_repos(root)}
+    """Snapshot every repo folder of ``root`` into ``<mirrors>/models/<org>/<name>``; ``{repo_id: sha}``.
+
+    Only regular files resolving inside ``root`` are taken; symlinked repo folders are skipped.
+    """
+    return {rid: snapshot_commit(Path(root) / rid, Path(mirrors) / "models" / rid, rid, within=root)
+            for rid in iter_repos(root)}
+
+
+# ----------------------------------------------------------------------------------------------- write token
+def token_path(port: int) -> Path:
+    """Where the server on ``port`` keeps its write token while it runs (under lipzoo's cache folder)."""
+    from ..data import cache_dir
+
+    return cache_dir() / "hub-server" / f"{port}.token"
+
+
+def write_token(port: int, token: str) -> Path:
+    """Write ``token`` to :func:`token_path` readable by this user only; returns the path."""
+    path = token_path(port)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # an older file may have other modes
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return path
+
+
+def read_token(port: int) -> str | None:
+    """The write token of the local hub on ``port``, or ``None`` when no server on it wrote one."""
+    try:
+        return token_path(port).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _remove_token(port: int, token: str) -> None:
+    """Delete the token file if it still holds ``token`` (a later server on the port may have replaced it)."""
+    if read_token(port) == token:
+        token_path(port).unlink(missing_ok=True)
 
 
 def _olah_config(path: Path, port: int, mirrors: Path, cache: Path) -> None:
@@ -106,15 +160,29 @@ def _safe_path(path: str) -> str:
     return p
 
 
-def _apply_commit(root: Path, mirrors: Path, repo_id: str, lines: list[dict[str, Any]]) -> str:
-    """Apply NDJSON commit operations to the repo folder; returns the new snapshot sha. Caller holds the lock."""
-    git_dir = mirrors / "models" / repo_id
+def _repo_folder(root: Path, repo_id: str) -> Path:
+    """``root/<org>/<name>``, refused (``ValueError``) when the org or repo folder is a symlink: a write must
+    never land outside the root."""
     dest = root / repo_id
+    if dest.parent.is_symlink() or dest.is_symlink():
+        raise ValueError(f"{dest} or its parent is a symlink; the local hub does not write through symlinks")
+    return dest
+
+
+def _apply_commit(root: Path, mirrors: Path, repo_id: str, lines: list[dict[str, Any]]) -> str:
+    """Apply NDJSON commit operations to the repo folder; returns the new snapshot sha. Caller holds the lock.
+
+    The new folder starts from the files the server serves (regular files inside the root): symlinks and
+    other files are not carried over, so no write goes through a symlink and no outside file is copied in.
+    """
+    git_dir = mirrors / "models" / repo_id
+    dest = _repo_folder(root, repo_id)
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     try:
-        if dest.is_dir():
-            shutil.copytree(dest, staging, dirs_exist_ok=True)
+        for rel in repo_files(dest, root) if dest.is_dir() else []:
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(dest / rel, staging / rel)
         for line in lines:
             key, value = line.get("key"), line.get("value") or {}
             if key == "header":
@@ -158,7 +226,50 @@ def _missing(git_dir: Path, revision: str, path: str) -> tuple[str, str] | None:
     return None
 
 
-def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
+def _own_origins(port: int) -> tuple[set[str], set[str]]:
+    """``(hosts, origins)`` this server answers to: 127.0.0.1 and localhost on its port."""
+    hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+    return hosts, {f"http://{h}" for h in hosts}
+
+
+def _refusal(headers: Mapping[str, str], method: str, port: int, token: str | None) -> tuple[int, str] | None:
+    """``(status, message)`` when a request must be refused before any route sees it, else ``None``.
+
+    A foreign ``Host`` or ``Origin`` (another site, DNS rebinding) gets 403 for any request; a write (any
+    method but GET/HEAD) gets 403 on a read-only server (``token=None``) and 401 without ``Bearer <token>``.
+    """
+    hosts, origins = _own_origins(port)
+    if headers.get("host") not in hosts:
+        return 403, f"the local lipzoo hub answers to 127.0.0.1:{port} only, not Host {headers.get('host')!r}"
+    origin = headers.get("origin")
+    if origin is not None and origin not in origins:
+        return 403, f"cross-site request from Origin {origin!r} refused: use a client (huggingface_hub), not a web page"
+    if method in ("GET", "HEAD"):
+        return None
+    if token is None:
+        return 403, "this local lipzoo hub is read-only: restart it with `lipzoo hub serve --allow-writes` to publish"
+    sent = headers.get("authorization") or ""
+    if not (sent.startswith("Bearer ") and hmac.compare_digest(sent[7:].encode(), token.encode())):
+        return 401, (f"writes need the hub's token (${TOKEN_ENV}, or the file {token_path(port)}) sent as "
+                     "`Authorization: Bearer <token>`, e.g. HfApi(token=...)")
+    return None
+
+
+def _mount_guard(app, port: int, token: str | None) -> None:
+    """Refuse foreign, read-only and unauthenticated requests (:func:`_refusal`) ahead of every route."""
+    from fastapi import Request
+    from fastapi.responses import JSONResponse
+
+    @app.middleware("http")  # added last, so it runs first
+    async def guard(request: Request, call_next):
+        refused = _refusal(request.headers, request.method, port, token)
+        if refused:
+            status, message = refused
+            return JSONResponse({"error": message}, status_code=status, headers={"X-Error-Message": message})
+        return await call_next(request)
+
+
+def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool = False) -> None:
     from fastapi import APIRouter, Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
@@ -193,7 +304,7 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
                 served[f"{git_dir.parent.parent.name}/{git_dir.parent.name}"] = run_git(["rev-parse", "main"], git_dir.parent)
             except RuntimeError:
                 pass
-        return {"status": "ok", "root": str(root), "repos": served}
+        return {"status": "ok", "root": str(root), "repos": served, "writes": writes}
 
     @router.post("/api/repos/create")
     async def create_repo(request: Request):
@@ -297,46 +408,125 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- serving
+def _bind(port: int) -> socket.socket:
+    """A socket bound to ``127.0.0.1:port`` and listening; ``ServeError`` saying what to do when it cannot be."""
+    if not 0 <= port <= 65535:
+        raise ServeError(f"invalid port {port}: pass --port with a free port between 1024 and 65535")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a stopped server's TIME_WAIT does not block
+    try:
+        sock.bind(("127.0.0.1", port))
+        sock.listen(2048)
+        return sock
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ServeError(f"port {port} on 127.0.0.1 is already in use (another `lipzoo hub serve`?): "
+                             "stop that server, or pass --port with a free port") from None
+        reason = e.strerror or str(e)
+        raise ServeError(f"cannot listen on 127.0.0.1:{port} ({reason}): pass --port with a free port "
+                         "between 1024 and 65535") from None
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """Inside, SIGTERM raises ``KeyboardInterrupt`` as SIGINT does, so ``finally`` blocks run on both.
+
+    uvicorn catches both signals while serving and re-raises the one it got after its graceful shutdown;
+    without this, that SIGTERM would end the process at once. No-op outside the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(app: Any, sock: socket.socket, on_ready: Callable[[], None]) -> None:
+    """Serve ``app`` on the bound ``sock`` until uvicorn stops; ``on_ready()`` once it accepts requests."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started:
+                on_ready()
+
+    Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])
+
+
+def _banner(root: Path, revisions: dict[str, str], port: int, token_file: Path | None) -> str:
+    """What ``lipzoo hub serve`` prints once serving: the repos, the endpoint, how to write, how to stop."""
+    lines = [f"lipzoo local hub: serving {len(revisions)} repo(s) from {root}"]
+    lines += [f"  {rid} @ {sha}" for rid, sha in revisions.items()]
+    lines += ["Use it with:", f"  export HF_ENDPOINT=http://127.0.0.1:{port}"]
+    if token_file is None:
+        lines.append("Read-only: restart with --allow-writes to publish to it.")
+    else:
+        lines.append(f"Writes need the token in {token_file} (`lipzoo publish` reads it; HfApi(token=...) for others).")
+    return "\n".join(lines + ["Stop with Ctrl-C."])
+
+
+def _new_state_dir(port: int) -> Path:
+    """A fresh folder ``~/.cache/lipzoo/hub-server/<port>-*`` for one server's mirrors, config and logs."""
+    from ..data import cache_dir
+
+    (cache_dir() / "hub-server").mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{port}-", dir=cache_dir() / "hub-server"))
+
+
 def serve(root: str | os.PathLike | None = None, port: int = DEFAULT_PORT, state_dir: str | os.PathLike | None = None,
-          quiet: bool = False) -> None:
+          quiet: bool = False, allow_writes: bool = False, token: str | None = None) -> None:
     """Serve ``root`` (default: the project's ``hub/``) on ``127.0.0.1:port`` until SIGINT/SIGTERM.
 
-    The git mirrors, olah's config and its logs live in ``state_dir`` (default: a fresh folder under
-    ``~/.cache/lipzoo/hub-server``), which is deleted on a clean stop when this function created it.
+    The port is bound first: a taken port raises :class:`ServeError` before anything is built or printed, and
+    the endpoint is printed (unless ``quiet``) only once the server accepts requests. Read-only unless
+    ``allow_writes``; then writes need ``token`` (default ``$LIPZOO_HUB_TOKEN``, else a random one), kept in
+    :func:`token_path` while serving. The git mirrors, olah's config and its logs live in ``state_dir``
+    (default: a fresh folder under ``~/.cache/lipzoo/hub-server``); a folder this function created, and the
+    token file, are deleted when it returns or raises (``KeyboardInterrupt`` on SIGINT and SIGTERM alike).
     """
     root = hub_dir(root).resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"hub root {root} does not exist: create it, or pass --root pointing at a hub/ folder")
-    own_state = state_dir is None
-    if own_state:
-        from ..data import cache_dir
+    sock = _bind(port)
+    port = sock.getsockname()[1]  # --port 0: the port the system picked
+    token = (token or os.environ.get(TOKEN_ENV) or secrets.token_urlsafe(32)) if allow_writes else None
+    own_state, state = state_dir is None, None
+    with contextlib.closing(sock), _sigterm_interrupts():
+        try:
+            state = _new_state_dir(port) if own_state else Path(state_dir)
+            mirrors, logs = state / "mirrors", state / "logs"
+            for d in (mirrors / "models", logs, state / "olah-cache"):
+                d.mkdir(parents=True, exist_ok=True)
+            stdout = sys.stdout  # olah replaces sys.stdout with a logger on import
+            revisions = build_mirrors(root, mirrors)
+            _olah_config(state / "olah.toml", port, mirrors, state / "olah-cache")
+            os.environ["OLAH_CONFIG"] = str(state / "olah.toml")  # olah reads its config at import
+            os.environ["OLAH_LOG_PATH"] = str(logs)
+            from olah.server import app
 
-        (cache_dir() / "hub-server").mkdir(parents=True, exist_ok=True)
-        state_dir = tempfile.mkdtemp(prefix=f"{port}-", dir=cache_dir() / "hub-server")
-    state = Path(state_dir)
-    mirrors, logs = state / "mirrors", state / "logs"
-    for d in (mirrors / "models", logs, state / "olah-cache"):
-        d.mkdir(parents=True, exist_ok=True)
-    stdout = sys.stdout  # olah replaces sys.stdout with a logger on import
-    try:
-        revisions = build_mirrors(root, mirrors)
-        _olah_config(state / "olah.toml", port, mirrors, state / "olah-cache")
-        os.environ["OLAH_CONFIG"] = str(state / "olah.toml")  # olah reads its config at import
-        os.environ["OLAH_LOG_PATH"] = str(logs)
-        import uvicorn
-        from olah.server import app
+            _mount_write_routes(app, root, mirrors, port, writes=token is not None)
+            _mount_guard(app, port, token)
+            banner = _banner(root, revisions, port, write_token(port, token) if token else None)
 
-        _mount_write_routes(app, root, mirrors, port)
-        endpoint = f"http://127.0.0.1:{port}"
-        if not quiet:
-            lines = [f"lipzoo local hub: serving {len(revisions)} repo(s) from {root}"]
-            lines += [f"  {rid} @ {sha}" for rid, sha in revisions.items()]
-            lines += ["Use it with:", f"  export HF_ENDPOINT={endpoint}", "Stop with Ctrl-C."]
-            print("\n".join(lines), file=stdout, flush=True)
-        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    finally:
-        if own_state:
-            shutil.rmtree(state, ignore_errors=True)
+            def ready() -> None:
+                if not quiet:
+                    print(banner, file=stdout, flush=True)
+
+            _run(app, sock, ready)
+        finally:
+            if token:
+                _remove_token(port, token)
+            if own_state and state is not None:
+                shutil.rmtree(state, ignore_errors=True)
 
 
 # Runs this module without executing lipzoo/__init__.py, which imports torch and the model registry (seconds
@@ -362,14 +552,19 @@ class LocalHub:
     ...     os.environ["HF_ENDPOINT"] = hub.endpoint   # before huggingface_hub is imported
 
     ``port=None`` picks a free port. :meth:`start` waits until the server answers (``startup_timeout``);
-    :meth:`stop` terminates only this server's own process and removes its state directory.
+    :meth:`stop` terminates only this server's own process and removes its state directory. The server is
+    read-only unless ``allow_writes``; then clients send :attr:`token` (default: a random one), e.g.
+    ``HfApi(token=hub.token)`` or ``$LIPZOO_HUB_TOKEN`` for ``lipzoo publish``.
     """
 
-    def __init__(self, root: str | os.PathLike | None = None, port: int | None = None, startup_timeout: float = 60.0):
+    def __init__(self, root: str | os.PathLike | None = None, port: int | None = None, startup_timeout: float = 60.0,
+                 allow_writes: bool = False, token: str | None = None):
         self.root = hub_dir(root).resolve()
         self.port = port or free_port()
         self.startup_timeout = startup_timeout
         self.endpoint = f"http://127.0.0.1:{self.port}"
+        self.allow_writes = allow_writes
+        self.token: str | None = (token or secrets.token_urlsafe(32)) if allow_writes else None
         self._proc: subprocess.Popen | None = None
         self._state: Path | None = None
 
@@ -390,8 +585,11 @@ class LocalHub:
         self._state = Path(tempfile.mkdtemp(prefix="lipzoo-hub-"))
         log = open(self._state / "server.log", "wb")
         args = ["--root", str(self.root), "--port", str(self.port), "--state-dir", str(self._state / "state"), "--quiet"]
+        args += ["--allow-writes"] if self.allow_writes else []
         cmd = [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve().parent), *args]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV} | {"PYTHONUNBUFFERED": "1"}
+        if self.token:
+            env[TOKEN_ENV] = self.token  # the environment, not argv: other users can read argv in ps
         self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         deadline = time.monotonic() + self.startup_timeout
@@ -444,6 +642,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("LIPZOO_HUB_PORT", DEFAULT_PORT)),
                         help=f"port on 127.0.0.1 (default {DEFAULT_PORT}, or $LIPZOO_HUB_PORT)")
     parser.add_argument("--root", default=None, help="the hub folder to serve (default: $LIPZOO_HUB_DIR or the project's hub/)")
+    parser.add_argument("--allow-writes", action="store_true",
+                        help=f"accept uploads (lipzoo publish, HfApi) carrying the write token (${TOKEN_ENV}, else a "
+                             "random one in ~/.cache/lipzoo/hub-server/PORT.token); default: read-only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,7 +653,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    serve(args.root, args.port, state_dir=args.state_dir, quiet=args.quiet)
+    try:
+        serve(args.root, args.port, state_dir=args.state_dir, quiet=args.quiet, allow_writes=args.allow_writes)
+    except (ServeError, FileNotFoundError) as e:
+        print(f"lipzoo hub server: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: a requested stop
+        pass
     return 0
 
 

@@ -2,7 +2,9 @@
 
 Layout: one folder per repo, named by its repo id: ``<hub_dir>/<org>/<name>/`` holding ``config.json``,
 ``model.safetensors``, ``README.md`` and ``certified_accuracy.png``. Folders whose name starts with ``.``
-are work in progress (staging, backups) and are never served.
+are work in progress (staging, backups) and are never served. Nothing outside the hub folder is ever served:
+org and repo folders that are symlinks are skipped, and so is every file that is not a regular file resolving
+inside the hub folder (a symlink to ``/etc/passwd`` or to a folder elsewhere).
 
 A **snapshot** is the git commit the local hub serves for a repo: one root commit whose tree is exactly the
 folder's files, with a fixed author, committer, date and message. Its sha depends only on the files and the
@@ -15,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import uuid
@@ -22,7 +25,7 @@ from pathlib import Path
 
 __all__ = [
     "REPO_ROOT", "hub_dir", "repo_dir", "check_repo_id", "iter_repos", "sha256_file", "snapshot_commit",
-    "snapshot_revision", "replace_dir", "run_git", "GitUnavailableError",
+    "snapshot_revision", "replace_dir", "run_git", "GitUnavailableError", "repo_files",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -60,13 +63,21 @@ def repo_dir(repo_id: str, hub: str | os.PathLike | None = None) -> Path:
     return hub_dir(hub) / org / name
 
 
+def _subdirs(folder: Path) -> list[Path]:
+    """The real (not symlinked) sub-folders of ``folder`` that are not hidden, sorted."""
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith("."))
+
+
 def iter_repos(hub: str | os.PathLike | None = None) -> list[str]:
-    """Repo ids of every non-empty repo folder under the hub folder (sorted)."""
+    """Repo ids of every repo folder under the hub folder holding at least one servable file (sorted).
+
+    Symlinked org or repo folders are skipped: they would serve a tree outside the hub folder.
+    """
     root = hub_dir(hub)
     out = []
-    for org in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.is_dir() else []:
-        for repo in sorted(p for p in org.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            if _NAME.match(org.name) and _NAME.match(repo.name) and any(repo.iterdir()):
+    for org in _subdirs(root) if root.is_dir() else []:
+        for repo in _subdirs(org):
+            if _NAME.match(org.name) and _NAME.match(repo.name) and repo_files(repo, root):
                 out.append(f"{org.name}/{repo.name}")
     return out
 
@@ -95,16 +106,39 @@ def run_git(args: list[str], cwd: Path) -> str:
     return res.stdout.strip()
 
 
-def _files(folder: Path) -> list[Path]:
-    return sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file() and ".git" not in p.relative_to(folder).parts)
+def _regular_inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, symlinks resolved, is a regular file inside the (resolved) folder ``root``."""
+    try:
+        target = path.resolve(strict=True)
+        return target.is_relative_to(root) and stat.S_ISREG(target.stat().st_mode)
+    except (OSError, RuntimeError):  # broken link, symlink loop
+        return False
 
 
-def snapshot_commit(src: str | os.PathLike | None, git_dir: str | os.PathLike, repo_id: str) -> str:
+def repo_files(folder: str | os.PathLike, within: str | os.PathLike | None = None) -> list[Path]:
+    """The files of a repo folder a snapshot takes, as sorted paths relative to ``folder``.
+
+    Only regular files that resolve inside ``within`` (default: ``folder`` itself) count, so a symlink never
+    brings an outside file in; symlinked sub-folders are not entered and ``.git`` folders are skipped.
+    """
+    folder = Path(folder)
+    root = Path(within or folder).resolve()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False: symlinked folders are not entered
+        dirnames[:] = [d for d in dirnames if d != ".git"]
+        out += [Path(dirpath, f).relative_to(folder) for f in filenames
+                if f != ".git" and _regular_inside(Path(dirpath, f), root)]
+    return sorted(out)
+
+
+def snapshot_commit(src: str | os.PathLike | None, git_dir: str | os.PathLike, repo_id: str,
+                    within: str | os.PathLike | None = None) -> str:
     """Make ``git_dir`` a non-bare git repo whose branch ``main`` is the snapshot of ``src``; return its sha.
 
     ``src=None`` (or an empty folder) makes the snapshot of an empty tree. The working tree is replaced by a
-    copy of ``src``. A previous ``main`` stays reachable as ``refs/snapshots/<sha>``, so older pinned
-    revisions keep resolving while the server runs.
+    copy of ``src``'s :func:`repo_files` (regular files resolving inside ``within``, default ``src``). A
+    previous ``main`` stays reachable as ``refs/snapshots/<sha>``, so older pinned revisions keep resolving
+    while the server runs.
     """
     check_repo_id(repo_id)
     git_dir = Path(git_dir)
@@ -117,7 +151,7 @@ def snapshot_commit(src: str | os.PathLike | None, git_dir: str | os.PathLike, r
             shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     if src is not None:
         src = Path(src)
-        for rel in _files(src):
+        for rel in repo_files(src, within):
             (git_dir / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src / rel, git_dir / rel)  # content only: modes are always 100644
     run_git(["add", "-A", "-f", "."], git_dir)
