@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._numerics import certification_context
 from .certify import certified_radius, rounding_slack
 
 __all__ = ["audit", "AuditReport", "LayerCheck", "AuditWarning", "jacobian_norm"]
@@ -246,7 +247,7 @@ def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: to
 
     for restart in range(restarts):
         d = torch.randn(flat.shape, generator=gen, dtype=torch.float64).to(x)
-        u = torch.rand(n, 1, generator=gen, dtype=torch.float64).to(x) if restart else torch.zeros(n, 1, dtype=x.dtype)
+        u = torch.rand(n, 1, generator=gen, dtype=torch.float64).to(x) if restart else torch.zeros(n, 1, dtype=x.dtype, device=x.device)
         d = d / d.norm(dim=1, keepdim=True).clamp_min(1e-30) * r * u
         step = 2.5 * r / max(steps, 1)
         for _ in range(steps):
@@ -314,15 +315,18 @@ def audit(
     parametrisation in float64). The defaults are CI-sized; ``lipzoo audit`` uses larger ones.
 
     The model is audited in eval mode with its parameters frozen (gradients flow only to the inputs); its
-    modes and ``requires_grad`` flags are restored afterwards and its weights are never written, so eval-time
-    parametrisation caches are reused. A ``dtype`` other than the model's works on a converted copy.
+    modes and ``requires_grad`` flags are restored afterwards and its weights are never written. It runs in the
+    certification context (IEEE float32, no autocast; each parametrisation recomputed once from the current
+    parameters, then reused for the whole audit). A ``dtype`` other than the model's works on a converted copy.
     """
     if dtype not in (torch.float32, torch.float64):
         raise ValueError("audit in float32 or float64")
     params = list(model.parameters())
     if params and any(p.dtype != dtype for p in params):
         model = copy.deepcopy(model).to(dtype)
-    with _frozen(model):
+    # the certification context: IEEE float32, no autocast, every parametrisation recomputed once from the
+    # current parameters (a cache never vouches for an audit)
+    with _frozen(model), certification_context():
         return _audit(model, images, labels, n_probe, power_iters, pgd_steps, restarts, n_attack, pair_steps, deep,
                       rtol, dtype, seed, rounding)
 

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._numerics import certification_context, current_cache_scope
+
 __all__ = [
     "CERTIFIER_VERSION", "DEFAULT_EPS", "SLACK_ULPS", "CertificationResult", "certify", "certify_dataset",
     "certified_radius", "eps_label", "parse_eps", "rounding_slack", "lipschitz_margins", "lln_margins",
@@ -291,6 +293,7 @@ class _CurvatureBounds:
         p = _MLPParams.of(head, torch.float64)
         self.w1, self.w2, self.quarter = p.w1.detach().cpu(), p.w2.detach().cpu(), p.beta / 4.0
         self.key = self.key_of(head)
+        self.scope = current_cache_scope()
         c = self.w2.shape[0]
         self.exact = torch.full((c, c), float("nan"), dtype=torch.float64)
         self.exact.fill_diagonal_(0.0)
@@ -301,7 +304,7 @@ class _CurvatureBounds:
     @staticmethod
     def key_of(head: nn.Module) -> tuple:
         p = _MLPParams.of(head)
-        return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in (p.w1, p.w2)) + (p.beta,)
+        return tuple((t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for t in (p.w1, p.w2)) + (p.beta, p.threshold)
 
     def _lambda_max(self, a: torch.Tensor) -> float:
         """Upper bound of ``lambda_max(W1^T diag(a) W1)`` for ``a >= 0``, from the cheaper of the d x d matrix and
@@ -341,8 +344,9 @@ class _CurvatureBounds:
 
 
 def _curvature_bounds_of(head: nn.Module) -> _CurvatureBounds:
-    cached = _CURVATURE_CACHE.get(head)
-    if cached is None or cached.key != _CurvatureBounds.key_of(head):
+    # writes through .data change no key: inside a certification scope the bounds are recomputed once
+    cached, scope = _CURVATURE_CACHE.get(head), current_cache_scope()
+    if cached is None or cached.key != _CurvatureBounds.key_of(head) or (scope is not None and cached.scope != scope):
         cached = _CurvatureBounds(head)
         _CURVATURE_CACHE[head] = cached
     return cached
@@ -488,17 +492,21 @@ def _normalized_weight(model: nn.Module) -> torch.Tensor:
 
 # ------------------------------------------------------------------------------------------ the certifier
 class _Rule:
-    """Radii of the predictions of one model (one certify call): the constant parts of the rule, computed once."""
+    """Radii of the predictions of one model (one certify call): the constant parts of the rule, computed once.
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype, lipschitz: float):
-        self.model, self.dtype, self.lipschitz = model, dtype, float(lipschitz)
+    :meth:`radii` returns radii for a 1-Lipschitz body (``L = 1``); the caller divides by the bound of the map
+    actually evaluated. Everything the rule keeps lives on the CPU in float64, whatever the model's device.
+    """
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
         self.rule = _model_head_rule(model)
         self.head = model.get_classifier() if self.rule != "lipschitz" else None
         self._dist: torch.Tensor | None = None
         self._mlp: _MLPParams | None = None
         if self.rule == "lln":
             with torch.no_grad():
-                w = _normalized_weight(model).detach().double()  # the weight the forward uses, cast exactly
+                w = _normalized_weight(model).detach().double().cpu()  # the weight the forward uses, cast exactly
             self._dist = torch.stack([(w[t] - w).norm(dim=1) for t in range(w.shape[0])])
         elif self.rule == "mlp_curvature":
             p = _MLPParams.of(self.head, torch.float64)
@@ -506,39 +514,63 @@ class _Rule:
             # ||w2_t - w2_j||_1, for the softplus-threshold term of the slack
             self._u1 = torch.stack([(self._mlp.w2[t] - self._mlp.w2).abs().sum(dim=1) for t in range(p.w2.shape[0])])
 
+    def num_classes(self) -> int:
+        """The model's class count (``num_classes``, else the logits' width seen by :meth:`radii`)."""
+        return int(getattr(self.model, "num_classes", 0) or self._width)
+
     def logits_and_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.rule == "lipschitz":
             return self.model(x), None
         f = self.model.forward_features(x)
         return self.model.forward_head(f), f
 
-    def radii(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(radius of the prediction in input space (float64, CPU), prediction) for a batch."""
+    def radii(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(radius of the prediction for ``L = 1`` (float64, CPU), prediction, finite) for a batch.
+
+        ``finite`` is False for samples with a non-finite logit or head input: their radius is 0.
+        """
         logits, feats = self.logits_and_features(x)
-        pred = logits.argmax(dim=1)
+        self._width = int(logits.shape[1])
         z = logits.detach().double().cpu()
-        pred_c = pred.cpu()
         f = None if feats is None else feats.detach().flatten(1).double().cpu()
-        slack = rounding_slack(z, f, dtype=self.dtype)
+        finite = torch.isfinite(z).all(dim=1)
+        if f is not None:
+            finite &= torch.isfinite(f).all(dim=1)
+        z = torch.where(finite[:, None], z, torch.zeros_like(z))
+        if f is not None:
+            f = torch.where(finite[:, None], f, torch.zeros_like(f))
+        pred_c = z.argmax(dim=1)
+        # the slack of the lowest precision the forward used (a model that computes in bf16 gets bf16's slack)
+        slack = rounding_slack(z, f, dtype=_lowest_precision(self.dtype, logits.dtype))
         if self.rule == "lipschitz":
             top2 = z.topk(2, dim=1).values if z.shape[1] > 1 else torch.cat([z, z.new_full(z.shape, -math.inf)], 1)
             margin = (top2[:, 0] - top2[:, 1] - slack).clamp_min(0)
-            r = margin / (_SQRT2 * self.lipschitz)
+            r = margin / _SQRT2
         elif self.rule == "lln":
             gap = z.gather(1, pred_c[:, None]) - z - slack[:, None]
             ratio = _safe_ratio(gap, self._dist[pred_c])
             ratio = ratio.masked_fill(_other_mask(pred_c, z.shape[1]), float("inf"))
-            r = ratio.min(dim=1).values.clamp_min(0) / self.lipschitz
+            r = ratio.min(dim=1).values.clamp_min(0)
         else:
             p = self._mlp
             gaps, gnorm, _ = _mlp_gaps_and_grads(f, pred_c, p)
             # gaps of the smooth softplus; the head's thresholded one differs by <= log1p(exp(-thr))/beta per unit
             thr = math.log1p(math.exp(-p.threshold)) / p.beta
             gaps = gaps - slack[:, None] - 2 * thr * self._u1[pred_c]
-            r = mlp_radii(gaps, gnorm, pred_c, self.head).clamp_min(0) / self.lipschitz
-        if not math.isfinite(self.lipschitz) or self.lipschitz <= 0:
-            r = torch.zeros_like(r)
-        return r, pred_c
+            r = mlp_radii(gaps, gnorm, pred_c, self.head).clamp_min(0)
+        r = torch.where(finite & ~torch.isnan(r), r, torch.zeros_like(r))
+        return r, pred_c, finite
+
+
+def _lowest_precision(*dtypes: torch.dtype) -> torch.dtype:
+    return max((d for d in dtypes if d.is_floating_point), key=lambda d: torch.finfo(d).eps)
+
+
+def _divide_by_bound(radii: torch.Tensor, bound: float) -> torch.Tensor:
+    """Radii for ``L = 1`` divided by the proven bound; all 0 when the bound is not a positive finite number."""
+    if not math.isfinite(bound) or bound <= 0:
+        return torch.zeros_like(radii)
+    return radii / bound
 
 
 @dataclass
@@ -659,21 +691,77 @@ class _Prepared:
         return torch.device("cpu")
 
 
+IMAGE_RANGE_TOLERANCE = 1e-6
+
+
 def _as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
+    if not torch.is_tensor(images):
+        raise TypeError(f"expected images as a tensor or numpy array, got {type(images).__name__}")
     if images.dtype == torch.uint8:
         if images.dim() == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
             images = images.permute(0, 3, 1, 2)
         images = images.float().div(255)
     if not torch.is_floating_point(images):
-        raise TypeError(f"expected float images in [0, 1], got {images.dtype}")
+        raise TypeError(f"expected float images in [0, 1] (or uint8 in [0, 255]), got {images.dtype}")
     return images
+
+
+def check_images(images: torch.Tensor, input_range: tuple[float, float] | None = (0.0, 1.0)) -> None:
+    """Refuse what cannot be certified: a single image without its batch dimension, non-finite values, and values
+    outside ``input_range`` (beyond :data:`IMAGE_RANGE_TOLERANCE`; a lipzoo model's ``input_range`` is [0, 1]:
+    certificates are radii in [0, 1] pixel space and the model normalises its input itself; ``None`` accepts
+    every finite input)."""
+    if images.dim() == 3:
+        raise ValueError(f"expected a batch of images (N, C, H, W), got one tensor of shape {tuple(images.shape)}; "
+                         "pass images[None] to certify a single image")
+    if images.dim() < 2:
+        raise ValueError(f"expected a batch of inputs (N, ...), got shape {tuple(images.shape)}")
+    if images.numel() == 0:
+        return
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError("the images contain NaN or inf values; certify finite images in [0, 1]")
+    if input_range is None:
+        return
+    lo, hi = float(images.min()), float(images.max())
+    if lo < input_range[0] - IMAGE_RANGE_TOLERANCE or hi > input_range[1] + IMAGE_RANGE_TOLERANCE:
+        raise ValueError(
+            f"images must be in [{input_range[0]:g}, {input_range[1]:g}], got values in [{lo:.4g}, {hi:.4g}]; divide "
+            "0-255 images by 255 and do not normalise them (lipzoo models normalise their input themselves)")
+
+
+def _input_range(model: nn.Module) -> tuple[float, float] | None:
+    return getattr(model, "input_range", (0.0, 1.0))
+
+
+def _as_labels(labels: Any, n: int) -> torch.Tensor:
+    t = labels if torch.is_tensor(labels) else torch.as_tensor(np.asarray(labels))
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"labels must be integer class indices, got {t.dtype}")
+    t = t.long().cpu()
+    if t.dim() != 1 or len(t) != n:
+        raise ValueError(f"expected {n} labels (one per image, shape ({n},)), got shape {tuple(t.shape)}")
+    return t
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(f"labels must be class indices in [0, {num_classes - 1}] for this {num_classes}-class model, "
+                         f"got values in [{int(labels.min())}, {int(labels.max())}]")
 
 
 def _batches_from_tensors(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for i in range(0, len(labels), batch_size):
         yield images[i:i + batch_size], labels[i:i + batch_size]
+
+
+def _to_model(x: torch.Tensor, model: nn.Module, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One batch, validated on its own device, then moved to the model's device and dtype (channels-last)."""
+    x = _as_images(x)
+    check_images(x, _input_range(model))
+    x = x.to(device=device, dtype=dtype)
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 def _run(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None,
@@ -682,37 +770,41 @@ def _run(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     eps = tuple(float(e) for e in eps)
     start = time.perf_counter()
     prep = _Prepared(model, dtype)
-    radii, preds, labs = [], [], []
-    with prep as m, torch.no_grad():
-        bound = float(m.lipschitz_bound()) if lipschitz_bound is None else float(lipschitz_bound)
-        if not math.isfinite(bound) or bound <= 0:
-            warnings.warn(f"the model's Lipschitz bound is {bound}: nothing can be certified", RuntimeWarning, stacklevel=3)
-        rule = _Rule(m, dtype, bound)
+    radii, preds, labs, finite = [], [], [], []
+    # the bound is computed after the forwards, in the same scope: it is the bound of the map evaluated (the
+    # input size and precision of the forward enter some layers' bounds, e.g. LOT's)
+    with certification_context(), prep as m, torch.no_grad():
+        rule = _Rule(m, dtype)
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=total, desc="certify", unit="img")
         for x, y in batches:
-            x = _as_images(x).to(device=prep.device, dtype=dtype)
-            if x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            r, p = rule.radii(x)
+            x = _to_model(x, m, prep.device, dtype)
+            y = _as_labels(y, len(x))
+            r, p, ok = rule.radii(x)
+            _check_labels(y, rule.num_classes())
             radii.append(r)
             preds.append(p)
-            labs.append(torch.as_tensor(y).long().cpu().flatten())
+            labs.append(y)
+            finite.append(ok)
             if bar is not None:
                 bar.update(len(p))
         if bar is not None:
             bar.close()
-    radii_t = torch.cat(radii) if radii else torch.zeros(0, dtype=torch.float64)
+        bound = float(m.lipschitz_bound()) if lipschitz_bound is None else float(lipschitz_bound)
+    if not math.isfinite(bound) or bound <= 0:
+        warnings.warn(f"the model's Lipschitz bound is {bound}: nothing can be certified", RuntimeWarning, stacklevel=3)
+    radii_t = _divide_by_bound(torch.cat(radii), bound) if radii else torch.zeros(0, dtype=torch.float64)
     preds_t = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
     labs_t = torch.cat(labs) if labs else torch.zeros(0, dtype=torch.long)
-    correct = preds_t == labs_t
+    finite_t = torch.cat(finite) if finite else torch.zeros(0, dtype=torch.bool)
+    correct = (preds_t == labs_t) & finite_t  # a non-finite logit is never a correct prediction
     radii_t = torch.where(correct, radii_t, torch.zeros_like(radii_t))
     return CertificationResult(radii=radii_t, correct=correct, predictions=preds_t, labels=labs_t, eps=eps,
                                lipschitz_bound=bound, head_rule=rule.rule, dtype=str(dtype).replace("torch.", ""),
-                               seconds=time.perf_counter() - start)
+                               seconds=time.perf_counter() - start, extra={"non_finite": int((~finite_t).sum())})
 
 
 def certify(
@@ -728,13 +820,19 @@ def certify(
     """Certify ``model`` on ``images`` (N, C, H, W) in [0, 1] (uint8 is divided by 255) with ``labels``.
 
     Runs in eval mode without autograd, channels-last, in ``dtype`` (float32 or float64; a cast copy of the
-    model is used when its parameters have another dtype). ``lipschitz_bound`` overrides
-    ``model.lipschitz_bound()`` (only for models that do not state one). The model's train/eval mode is restored.
+    model is used when its parameters have another dtype), on the model's device (batches are moved there), in
+    :func:`lipzoo._numerics.certification_context`: autocast off, IEEE float32 matmuls and convolutions (no
+    TF32), the caller's settings restored, every parametrisation and bound recomputed from the current
+    parameters. ``lipschitz_bound`` overrides ``model.lipschitz_bound()`` (only for models that do not state
+    one). The model's train/eval mode is restored.
+
+    Raises ``ValueError`` for images outside [0, 1], non-finite images, a single image without a batch
+    dimension, and labels that are not class indices of the model. A sample whose logits are not finite is
+    never counted correct or certified (``result.extra["non_finite"]`` counts them).
     """
     images = _as_images(images)
-    labels = torch.as_tensor(np.asarray(labels) if not torch.is_tensor(labels) else labels).long()
-    if len(images) != len(labels):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    check_images(images, _input_range(model))
+    labels = _as_labels(labels, len(images))
     return _run(model, _batches_from_tensors(images, labels, batch_size), len(labels), eps, dtype, progress,
                 lipschitz_bound)
 
@@ -773,16 +871,17 @@ def certify_dataset(
 def certified_radius(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None = None,
                      return_predictions: bool = False, lipschitz_bound: float | None = None,
                      ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Certified l2 radius (float64, pixel space) of the model's *prediction* for each image of ``x`` (no labels
-    needed; misclassification is not known here). ``dtype`` defaults to float32; ``lipschitz_bound`` defaults to
-    ``model.lipschitz_bound()`` (pass it to avoid recomputing an expensive bound)."""
+    """Certified l2 radius (float64, pixel space, CPU) of the model's *prediction* for each image of ``x`` (no
+    labels needed; misclassification is not known here). ``dtype`` defaults to float32; ``lipschitz_bound``
+    defaults to ``model.lipschitz_bound()`` (pass it to avoid recomputing an expensive bound). Same context and
+    input checks as :func:`certify`; a sample with non-finite logits gets radius 0."""
     dtype = _check_dtype(dtype or torch.float32)
     prep = _Prepared(model, dtype)
-    with prep as m, torch.no_grad():
+    with certification_context(), prep as m, torch.no_grad():
+        rule = _Rule(m, dtype)
+        r, p, _ = rule.radii(_to_model(x, m, prep.device, dtype))
         bound = float(m.lipschitz_bound()) if lipschitz_bound is None else float(lipschitz_bound)
-        rule = _Rule(m, dtype, bound)
-        xx = _as_images(x).to(device=prep.device, dtype=dtype)
-        r, p = rule.radii(xx.contiguous(memory_format=torch.channels_last) if xx.dim() == 4 else xx)
+    r = _divide_by_bound(r, bound)
     return (r, p) if return_predictions else r
 
 

@@ -58,6 +58,7 @@ class OrthoRows(LipschitzModule):
 
 class ToyLipschitz(LipschitzClassifier):
     head_rule = "lipschitz"
+    input_range = None  # toy maps of real vectors, not images
 
     def __init__(self, body: nn.Module, head: nn.Module, num_classes: int):
         super().__init__()

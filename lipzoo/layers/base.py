@@ -4,29 +4,41 @@
   (``lipschitz_bound()``), computed from its current weights in float64.
 * :class:`ParametrizationCache` — eval-time cache of a weight parametrisation (orthogonalised kernel, SLL
   rescaling, FFT shift matrices ...). The cache key covers every parameter and buffer (storage pointer and
-  version counter, i.e. any in-place change, ``load_state_dict`` or ``.to()``), the dtype/device and an
+  version counter, i.e. any in-place change, ``load_state_dict`` or ``.to()``), the dtype/device, every plain
+  attribute of the module (``scale``, iteration counts, ``eps``, the last input size and dtype ...) and an
   extra key given by the layer (e.g. the input's spatial size). ``train()`` and ``load_state_dict`` clear it
   as well (``eval()`` keeps it). In training mode nothing is cached, so gradients flow to the parameters; in
   eval mode the cached value is computed without autograd (gradients still flow to the *input*, as the audit
-  needs).
+  needs). Writes through ``.data`` change no key: inside :func:`lipzoo._numerics.certification_context`
+  (every certificate, ``lipschitz_bound()``, audit and verification) each cache recomputes once from the
+  current parameters before it is reused, so a proof never rests on a cached value.
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Hashable
 
 import torch
 from torch import nn
 
+from .._numerics import certification_context, current_cache_scope, float_rounding_slack
+
 __all__ = ["LipschitzModule", "ParametrizationCache", "float_rounding_slack", "lipschitz_bound_of"]
 
-# Relative slack added to bounds that are exact in real arithmetic (orthogonal maps, SLL rescaling):
-# float32 evaluation of a d-term dot product has relative error <= d * 2^-24 (Higham, Thm 3.5); we state
-# the bound in float64 and add this slack per layer so that "1 up to float error" is explicit.
-def float_rounding_slack(inner_dim: int, dtype: torch.dtype = torch.float32) -> float:
-    """Upper bound on the relative rounding error of a length-``inner_dim`` dot product in ``dtype``."""
-    u = torch.finfo(dtype).eps / 2
-    n = max(int(inner_dim), 1)
-    return n * u / max(1.0 - n * u, 1e-12)
+# ``float_rounding_slack`` (from ``lipzoo._numerics``) is the relative slack added to bounds that are exact in real
+# arithmetic (orthogonal maps, SLL rescaling): the bound is stated in float64 plus this slack per layer, so
+# that "1 up to float error" is explicit.
+
+
+def in_certification_context(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` in :func:`~lipzoo._numerics.certification_context` (IEEE float32, no autocast, fresh caches)."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with certification_context():
+            return fn(*args, **kwargs)
+
+    wrapper.__lipzoo_certification_context__ = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class LipschitzModule(nn.Module):
@@ -39,6 +51,13 @@ class LipschitzModule(nn.Module):
 
     def lipschitz_bound(self) -> float:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # every subclass's bound is computed in the certification context, whoever calls it
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("lipschitz_bound")
+        if callable(fn) and not getattr(fn, "__lipzoo_certification_context__", False):
+            cls.lipschitz_bound = in_certification_context(fn)
 
     # Cache invalidation hooks: any ParametrizationCache attribute is cleared on train(True)/load/_apply.
     # eval() keeps a cache: its key still detects any change of the weights, so a model switched to eval
@@ -70,38 +89,55 @@ class ParametrizationCache:
         self._module_ref = module
         self._key: Hashable | None = None
         self._value: Any = None
+        self._scope: int | None = None
 
     def clear(self) -> None:
         self._key = None
         self._value = None
+        self._scope = None
 
     def _state_key(self, extra: Hashable) -> Hashable:
         m = self._module_ref
         tensors = list(m.parameters(recurse=False)) + [b for b in m.buffers(recurse=False) if b is not None]
         return (
             tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors),
+            _plain_attributes(m),
             extra,
         )
 
     def get(self, compute: Callable[[], Any], extra: Hashable = None) -> Any:
-        """Return ``compute()``; cached across calls in eval mode for an unchanged state and ``extra`` key."""
+        """Return ``compute()``; cached across calls in eval mode for an unchanged state and ``extra`` key, and
+        recomputed once on first use inside each certification scope."""
         m = self._module_ref
         if m.training:
             self.clear()
             return compute()
-        key = self._state_key(extra)
-        if self._key != key or self._value is None:
+        key, scope = self._state_key(extra), current_cache_scope()
+        if self._key != key or self._value is None or (scope is not None and self._scope != scope):
             with torch.no_grad():
                 value = compute()
-            self._key, self._value = key, value
+            self._key, self._value, self._scope = key, value, scope
         return self._value
+
+
+_PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)
+
+
+def _plain_attributes(module: nn.Module) -> tuple:
+    """``(name, value)`` of the module's plain-valued attributes (numbers, strings, dtypes, tuples of them):
+    everything besides tensors that can enter a parametrisation (``scale``, iteration counts, ``eps``, sizes)."""
+    def plain(v: Any) -> bool:
+        return isinstance(v, _PLAIN) or (isinstance(v, tuple) and all(plain(e) for e in v))
+
+    return tuple(sorted((k, v) for k, v in vars(module).items() if k != "training" and plain(v)))
 
 
 def lipschitz_bound_of(module: nn.Module) -> float:
     """Bound of a module: its own ``lipschitz_bound()`` or 1.0 for known parameter-free 1-Lipschitz maps."""
     fn = getattr(module, "lipschitz_bound", None)
     if callable(fn):
-        return float(fn())
+        with certification_context():
+            return float(fn())
     if isinstance(module, (nn.Identity, nn.Flatten, nn.ReLU, nn.PixelUnshuffle, nn.Dropout)):
         return 1.0
     if isinstance(module, nn.Sequential):

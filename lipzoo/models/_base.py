@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..layers.base import lipschitz_bound_of
+from ..layers.base import in_certification_context, lipschitz_bound_of
 from ..layers.heads import HEAD_RULES
 
 __all__ = ["LipschitzClassifier", "HeadReplacementError"]
@@ -28,6 +28,8 @@ class LipschitzClassifier(nn.Module):
 
     head_rule: str = "lipschitz"
     family: str = ""
+    # the inputs the certificate covers: images in [0, 1]; the certifier refuses anything else (None: any input)
+    input_range: tuple[float, float] | None = (0.0, 1.0)
     num_classes: int
     num_features: int
     normalize: nn.Module
@@ -67,12 +69,14 @@ class LipschitzClassifier(nn.Module):
     def _make_head(self, num_classes: int) -> nn.Module:  # pragma: no cover - per family
         raise NotImplementedError
 
+    @in_certification_context
     def lipschitz_bound(self) -> float:
         bound = lipschitz_bound_of(self.normalize) * lipschitz_bound_of(self.features)
         if self.head_rule == "lipschitz":
             bound *= lipschitz_bound_of(self.head)
         return bound
 
+    @in_certification_context
     def layer_bounds(self) -> list[tuple[str, float]]:
         """(name, proven bound) of each top-level part, in order; used by the audit."""
         out = [("normalize", lipschitz_bound_of(self.normalize))]

@@ -1,0 +1,107 @@
+"""The ground floor of every proof: the numeric context in which certificates and bounds are computed.
+
+* :func:`certification_context` — the context every certificate, ``lipschitz_bound()``, audit and verification
+  runs in: autocast off on every device, every float32 matmul / convolution backend in IEEE float32 (no TF32,
+  no implicit bf16 in oneDNN), the caller's settings restored afterwards; and a fresh *cache scope*, in which
+  every :class:`~lipzoo.layers.base.ParametrizationCache` recomputes its value once from the current
+  parameters before it is reused (writes through ``.data`` bump no version counter, so a cache alone cannot
+  be trusted for a proof).
+* :func:`float_rounding_slack` — the relative rounding error of a dot product in a given dtype.
+
+Nothing here imports the rest of lipzoo.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+from typing import Iterator
+
+import torch
+
+__all__ = ["certification_context", "cache_scope", "float_rounding_slack", "precision_guard"]
+
+# float32 precision leaves of torch's backends (torch >= 2.9 API); each accepts "ieee" and is restored as read
+_FP32_LEAVES: tuple[tuple[str, str], ...] = (
+    ("cuda", "matmul"), ("cudnn", "conv"), ("cudnn", "rnn"), ("mkldnn", "matmul"), ("mkldnn", "conv"), ("mkldnn", "rnn"),
+)
+_AUTOCAST_DEVICES: tuple[str, ...] = ("cpu", "cuda", "xpu", "mps", "hpu")
+_STATE = threading.local()
+_SCOPE_IDS = itertools.count(1)
+
+
+def float_rounding_slack(inner_dim: int, dtype: torch.dtype = torch.float32) -> float:
+    """``gamma_n = n u / (1 - n u)`` (Higham, Thm 3.5): the relative error bound of an ``n``-term dot product in
+    ``dtype`` (``u = eps / 2``)."""
+    u = torch.finfo(dtype).eps / 2
+    n = max(int(inner_dim), 1)
+    return n * u / max(1.0 - n * u, 1e-12)
+
+
+def _fp32_leaves() -> list[object]:
+    out = []
+    for backend, op in _FP32_LEAVES:
+        leaf = getattr(getattr(torch.backends, backend, None), op, None)
+        if leaf is not None and hasattr(leaf, "fp32_precision"):
+            out.append(leaf)
+    return out
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except (RuntimeError, TypeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def precision_guard() -> Iterator[None]:
+    """Autocast off and IEEE float32 matmuls and convolutions inside; the caller's settings restored after.
+
+    The backends' ``fp32_precision`` leaves are saved and restored one by one (never through the legacy
+    ``allow_tf32`` flags, so a caller who set those reads them back unchanged and without torch's
+    mixed-API error).
+    """
+    leaves = _fp32_leaves()
+    saved = [leaf.fp32_precision for leaf in leaves]
+    with contextlib.ExitStack() as stack:
+        for device_type in _AUTOCAST_DEVICES:
+            if _autocast_enabled(device_type):
+                stack.enter_context(torch.autocast(device_type=device_type, enabled=False))
+        try:
+            for leaf in leaves:
+                leaf.fp32_precision = "ieee"
+            yield
+        finally:
+            for leaf, value in zip(leaves, saved):
+                leaf.fp32_precision = value
+
+
+def current_cache_scope() -> int | None:
+    """Id of the innermost active :func:`cache_scope`, or ``None`` outside one."""
+    return getattr(_STATE, "scope", None)
+
+
+@contextlib.contextmanager
+def cache_scope() -> Iterator[int]:
+    """A scope in which every parametrisation cache recomputes once, then may be reused.
+
+    Nested scopes share the outermost one, so a certificate recomputes each parametrisation at most once per
+    call however many bounds and forwards it asks for.
+    """
+    outer = current_cache_scope()
+    if outer is not None:
+        yield outer
+        return
+    _STATE.scope = next(_SCOPE_IDS)
+    try:
+        yield _STATE.scope
+    finally:
+        _STATE.scope = None
+
+
+@contextlib.contextmanager
+def certification_context() -> Iterator[None]:
+    """:func:`precision_guard` and :func:`cache_scope` together: the context of every proof lipzoo computes."""
+    with precision_guard(), cache_scope():
+        yield
