@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -95,3 +97,51 @@ def test_torch_hub_load_local():
     ref = lipzoo.create_model("sll_xs")
     assert type(m) is type(ref)
     assert [k for k in m.state_dict()] == [k for k in ref.state_dict()]
+
+
+# ------------------------------------------------------------------------ timm's preprocessing (issue 22, item 1)
+def _timm_pipeline(model, images_uint8):
+    """What a timm user does: the model's data config, timm's eval transform on each PIL image, stacked."""
+    from PIL import Image
+
+    config = timm.data.resolve_data_config({}, model=model)
+    transform = timm.data.create_transform(**config)
+    return torch.stack([transform(Image.fromarray(img)) for img in images_uint8]), config
+
+
+@pytest.mark.parametrize("arch", ["sll_xs", "soc_xs", "lot_xs", "sandwich_xs"])
+def test_timm_transforms_give_the_raw_unit_interval_images(arch, cifar10_available):
+    """lipzoo models take [0, 1] images and normalise inside: timm's resolve_data_config + create_transform must give
+    exactly the raw [0, 1] tensor (not subtract the CIFAR mean a second time) and the same predictions."""
+    if not cifar10_available:
+        pytest.skip("no offline CIFAR-10 copy")
+    from lipzoo.data import CIFAR
+
+    ds = CIFAR("cifar10", "test")
+    x_raw, y = ds.tensors(np.arange(64))
+    torch.manual_seed(0)
+    model = lipzoo.create_model(arch).eval()
+    x_timm, config = _timm_pipeline(model, ds.images[:64])
+    assert config["mean"] == (0.0, 0.0, 0.0) and config["std"] == (1.0, 1.0, 1.0)
+    assert config["input_size"] == (3, 32, 32)
+    assert torch.equal(x_timm, x_raw)
+    with torch.no_grad():
+        pred_raw, pred_timm = model(x_raw).argmax(1), model(x_timm).argmax(1)
+    assert torch.equal(pred_raw, pred_timm)
+    assert float((pred_timm == y).float().mean()) == float((pred_raw == y).float().mean())
+
+
+@pytest.mark.parametrize("name", ["sll_xs.cifar10", "soc_xs.cifar10"])
+def test_pretrained_cfg_describes_the_input_also_with_a_published_config_json(name):
+    """A cfg read from a hub config.json (timm's ``hf-hub:`` route passes it as ``pretrained_cfg``) written with the
+    dataset's mean still gives mean 0 / std 1, and the registered tagged cfg does too."""
+    config = json.loads((REPO / "hub" / "lipzoo" / name / "config.json").read_text())
+    arch = config["architecture"]
+    model = timm.create_model(arch, pretrained_cfg=config["pretrained_cfg"], num_classes=config["num_classes"])
+    data_config = timm.data.resolve_data_config({}, model=model)
+    assert data_config["mean"] == (0.0, 0.0, 0.0) and data_config["std"] == (1.0, 1.0, 1.0)
+    assert model.pretrained_cfg is model.default_cfg
+    assert model.pretrained_cfg.get("tag") == config["pretrained_cfg"]["tag"]
+    tagged = timm.create_model(name)  # the registered cfg of the published weights (no download)
+    assert timm.data.resolve_data_config({}, model=tagged)["mean"] == (0.0, 0.0, 0.0)
+    assert tagged.pretrained_cfg["hf_hub_id"] == f"lipzoo/{name}"

@@ -15,8 +15,6 @@ from typing import Any, Callable
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..layers.normalize import CIFAR10_MEAN, CIFAR10_STD
-
 __all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "published_weights", "PUBLISHED_JSON"]
 
 # ``LIPZOO_PUBLISHED_JSON`` points the registry at another file (tests, scratch publishing); read at import.
@@ -45,29 +43,44 @@ def published_weights() -> dict[str, dict[str, Any]]:
     return json.loads(PUBLISHED_JSON.read_text())
 
 
+# What a lipzoo model expects as input, in timm's terms: images in [0, 1], so timm's transforms must not normalise
+# (``resolve_data_config`` + ``create_transform`` then give exactly ``ToTensor()``'s [0, 1] tensor). The dataset
+# normalisation happens inside the model (``model.normalize``), where the certificate accounts for it.
+INPUT_MEAN = (0.0, 0.0, 0.0)
+INPUT_STD = (1.0, 1.0, 1.0)
+
+
 def _base_cfg(**kwargs) -> dict[str, Any]:
     cfg = dict(
         input_size=(3, 32, 32),
         fixed_input_size=True,
         crop_pct=1.0,
         interpolation="bilinear",
-        mean=CIFAR10_MEAN,
-        std=CIFAR10_STD,
         num_classes=10,
         first_conv="",
         classifier="head",
         license="mit",
     )
     cfg.update(kwargs)
+    cfg.update(mean=INPUT_MEAN, std=INPUT_STD)
     return cfg
+
+
+def with_input_stats(cfg: dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``mean``/``std`` of the model's input (:data:`INPUT_MEAN`, :data:`INPUT_STD`): also when the cfg
+    came from a hub ``config.json`` written with the dataset's statistics."""
+    return {**cfg, "mean": INPUT_MEAN, "std": INPUT_STD}
 
 
 def default_cfgs_for(archs: list[str], **cfg_kwargs) -> dict:
     """timm ``default_cfgs`` for ``archs``: one tag per published weight, else an untagged cfg without weights.
 
-    ``mean``/``std`` in a cfg describe the data (timm convention); lipzoo models always take [0, 1] images and
-    normalise inside the model.
+    ``mean``/``std`` of a cfg describe the model's *input* for timm's data pipeline: lipzoo models take [0, 1]
+    images and normalise inside the model, so every cfg has mean 0 and std 1 whatever the family passes (the
+    dataset statistics a family hands in are the ones its model applies internally).
     """
+    cfg_kwargs.pop("mean", None)
+    cfg_kwargs.pop("std", None)
     published = published_weights()
     entries: dict[str, dict[str, Any]] = {}
     for arch in archs:
@@ -109,6 +122,7 @@ def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs):
     model = build_model_with_cfg(
         model_cls, variant, pretrained=False, kwargs_filter=("in_chans", "img_size", "global_pool"), **kwargs
     )
+    model.pretrained_cfg = model.default_cfg = with_input_stats(model.pretrained_cfg)
     if pretrained:
         from ..hub.download import load_pretrained
 
