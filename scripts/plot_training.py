@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""Plot a training run's curve (train accuracy, batch certified accuracy at 36/255, loss, lr per epoch) from its
-``log.jsonl``, with the final test-set claims of ``results.json`` when present.
+"""Plot a training run's curve (train accuracy, batch certified accuracy at 36/255, loss, lr per epoch; validation
+accuracies of the trained and the EMA weights when the run held out a validation split) from its ``log.jsonl``, with
+the final test-set claims of ``results.json`` when present.
 
     python scripts/plot_training.py results/runs/sll_xs.cifar10 [--out results/runs/sll_xs.cifar10/training_curve.png]
 """
@@ -34,6 +35,13 @@ def main() -> int:
     fig, (ax, ax_loss) = plt.subplots(1, 2, figsize=(10, 3.8))
     ax.plot(epochs, [100 * r["train_acc"] for r in rows], label="train accuracy (augmented batches)")
     ax.plot(epochs, [100 * r["train_cert36"] for r in rows], label="train certified @36/255 (batches)")
+    for key, label, style in (("val_clean", "validation clean (trained weights)", ("C0", ":")),
+                              ("val_cert36", "validation certified @36/255 (trained weights)", ("C1", ":")),
+                              ("val_ema_clean", "validation clean (EMA weights)", ("C4", "-")),
+                              ("val_ema_cert36", "validation certified @36/255 (EMA weights)", ("C5", "-"))):
+        pts = [(r["epoch"], 100 * r[key]) for r in rows if key in r]
+        if pts:
+            ax.plot(*zip(*pts), c=style[0], ls=style[1], label=label)
     results = a.run / "results.json"
     if results.exists():
         claims = json.loads(results.read_text()).get("claims", {})
