@@ -102,31 +102,37 @@ def bench_layers(batch: int = 64) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ models / train
-def _train_step(model: nn.Module, channels_last: bool, bf16: bool, batch: int = 256) -> Callable[[], None]:
-    """One SGD step of ``model`` on a random batch, in the given memory format and autocast precision."""
-    model = model.train()
-    x = torch.rand(batch, 3, 32, 32)
+def _train_step(model: nn.Module, channels_last: bool, bf16: bool, batch: int = 256,
+                device: str | torch.device = "cpu") -> Callable[[], None]:
+    """One SGD step of ``model`` on a random batch on ``device``, in the given memory format and autocast precision
+    (on a CPU the inputs are bf16 too, as in the training loop). The step waits for the device to finish."""
+    device = torch.device(device)
+    model = model.to(device).train()
+    x = torch.rand(batch, 3, 32, 32, device=device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.to(memory_format=torch.channels_last)
-    if bf16:
+    if bf16 and device.type == "cpu":
         x = x.bfloat16()
-    y = torch.randint(0, 10, (batch,))
+    y = torch.randint(0, 10, (batch,), device=device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-4)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     return step
 
 
-def _train_step_ips(model: nn.Module, channels_last: bool, bf16: bool, batch: int = 256, reps: int = 3) -> float:
+def _train_step_ips(model: nn.Module, channels_last: bool, bf16: bool, batch: int = 256, reps: int = 3,
+                    device: str | torch.device = "cpu") -> float:
     """Training images/s of :func:`_train_step` (the fast path is ``channels_last=True, bf16=True``)."""
-    return batch / _median_time(_train_step(model, channels_last, bf16, batch), reps=reps)
+    return batch / _median_time(_train_step(model, channels_last, bf16, batch, device), reps=reps)
 
 
 def compact_models() -> list[str]:

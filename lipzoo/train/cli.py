@@ -41,6 +41,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
                    "(the same as --fast false)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total (resume later)")
     p.add_argument("--no-eval", action="store_true", help="skip the final certification on the test set")
+    p.add_argument("--train-subset", type=int, default=None, metavar="N",
+                   help="train on the first N training images (smoke tests, scripts/gpu_check.py)")
+    p.add_argument("--eval-subset", type=int, default=None, metavar="N",
+                   help="final certification on the first N test images (smoke tests; not a claims record)")
     p.add_argument("--no-progress", action="store_true")
     for f in dataclasses.fields(Recipe):
         if f.name == "name":
@@ -50,28 +54,60 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def recipe_from_args(args: argparse.Namespace) -> Recipe:
-    recipe = get_recipe(args.recipe)
+    from .._errors import LipzooUserError
+
+    try:
+        recipe = get_recipe(args.recipe)
+    except KeyError as e:
+        raise LipzooUserError(f"unknown recipe {args.recipe!r}: pass --recipe with one of "
+                              f"{', '.join(sorted(RECIPES))}") from e
     overrides = {}
     for f in dataclasses.fields(Recipe):
         value = getattr(args, "ovr_" + f.name, None)
         if value is not None:
-            overrides[f.name] = _parse_value(f, value)
+            try:
+                overrides[f.name] = _parse_value(f, value)
+            except ValueError as e:
+                raise LipzooUserError(f"--{f.name.replace('_', '-')} {value!r}: not a valid {f.type} ({e})") from e
     if getattr(args, "no_fast", False):
         overrides["fast"] = False
     return recipe.replace(**overrides) if overrides else recipe
 
 
+def check_out_dir(out: str, resume: bool) -> None:
+    """Refuse, before any data or model is loaded, to start a new run in a folder that holds one."""
+    from pathlib import Path
+
+    from .._errors import LipzooUserError
+
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise LipzooUserError(f"--out {out} is a file: pass a folder for the run")
+    if not resume and (out_dir / "checkpoint.pt").exists():
+        raise LipzooUserError(f"--out {out} holds a training run (checkpoint.pt): add --resume to continue it, "
+                              "or pass a new --out folder")
+
+
 def run_from_args(args: argparse.Namespace) -> int:
+    recipe = recipe_from_args(args)
+    check_out_dir(args.out, args.resume)
     from .loop import train
 
-    result = train(recipe_from_args(args), args.out, resume=args.resume, data_root=args.data, device=args.device,
+    result = train(recipe, args.out, resume=args.resume, data_root=args.data, device=args.device,
                    max_steps=args.max_steps, evaluate=not args.no_eval,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, train_subset=args.train_subset, eval_subset=args.eval_subset)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    from .._errors import debug_requested, run_reporting_user_errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
     p = argparse.ArgumentParser(prog="lipzoo train", description=__doc__)
     add_train_arguments(p)
-    return run_from_args(p.parse_args(argv))
+    args = p.parse_args([a for a in argv if a != "--debug"])
+    return run_reporting_user_errors("lipzoo train", lambda: run_from_args(args), debug=debug)
