@@ -4,6 +4,7 @@
     python scripts/reproduce.py [--quick] [--audit N] [--out results/zoo] [--update-readme]
     python scripts/reproduce.py --render [--update-readme]   # rebuild the tables from <out>.json, no re-verification
     python scripts/reproduce.py --only lot_xs.cifar10 [--update-readme]   # verify one model, keep the other rows
+    python scripts/reproduce.py --only lot_xs          # an architecture: its weights as create_model picks them
 
 Starts the embedded hub (olah on 127.0.0.1) serving the project's ``hub/``, then, for each entry of
 ``lipzoo/hub/published.json``, runs a fresh interpreter with ``HF_ENDPOINT`` pointing at it (huggingface_hub reads
@@ -141,7 +142,8 @@ def main() -> int:
     p.add_argument("--render", action="store_true",
                    help="rebuild the tables from the last measurements in <out>.json instead of verifying again")
     p.add_argument("--only", nargs="+", metavar="NAME",
-                   help="verify only these published models (e.g. a newly published one); keep the other rows of <out>.json")
+                   help="verify only these published models (arch.tag, or an architecture as create_model resolves "
+                        "it); keep the other rows of <out>.json, each recorded with the command that measured it")
     a = p.parse_args()
     from lipzoo.hub.server import LocalHub
     from lipzoo.models._builder import published_weights
@@ -152,11 +154,12 @@ def main() -> int:
         return 1
     out = Path(a.out)
     measured = out.with_suffix(".json")
-    to_measure = [] if a.render else sorted(set(a.only)) if a.only else sorted(published)
-    unknown = sorted(set(to_measure) - set(published))
+    only = [resolve_published(n, published) for n in a.only] if a.only else None
+    unknown = [n for n, full in zip(a.only or [], only or []) if full is None]
     if unknown:
         print(f"not published: {', '.join(unknown)}; published: {', '.join(sorted(published))}")
         return 1
+    to_measure = [] if a.render else sorted(set(only)) if only else sorted(published)
     kept: list[dict] = []
     if len(to_measure) < len(published):
         if not measured.is_file():
@@ -172,8 +175,8 @@ def main() -> int:
                   "run without --render / --only, or add them to --only")
             return 1
         if a.render:
-            # the command that measured these rows, not the one that renders them
-            return _write(kept, published, a.update_readme, out, kept[0].get("command") or _command(a))
+            # the commands that measured these rows, not the one that renders them
+            return _write(kept, published, a.update_readme, out, _provenance(kept, _command(a)))
     mode = "quick" if a.quick else "full"
     rows = []
     with LocalHub(root=REPO / "hub") as hub, tempfile.TemporaryDirectory() as hf_home:
@@ -181,23 +184,53 @@ def main() -> int:
         for name in to_measure:
             row = _verify_one(name, published[name].get("claims") or {}, hub.endpoint, mode, hf_home, a.audit)
             row["sha256"] = published[name].get("sha256")
-            row["command"] = _command(a)
+            row["command"] = _command(a, only)
             rows.append(row)
             print(f"  {name}: {'pass' if row.get('passed') else 'FAIL'}" + (f"  {row.get('error', '')[-300:]}" if 'error' in row else ""), flush=True)
     rows = sorted(kept + rows, key=lambda r: r["name"])
     measured.parent.mkdir(parents=True, exist_ok=True)
     measured.write_text(json.dumps(rows, indent=2, default=str))
-    return _write(rows, published, a.update_readme, out, _command(a))
+    return _write(rows, published, a.update_readme, out, _provenance(rows, _command(a, only)))
 
 
-def _command(a: argparse.Namespace) -> str:
-    return f"python scripts/reproduce.py{' --quick' if a.quick else ''}{f' --audit {a.audit}' if a.audit != 500 else ''}"
+def resolve_published(name: str, published: dict) -> str | None:
+    """The published ``arch.tag`` that ``name`` names, as ``lipzoo.create_model(name, pretrained=True)`` resolves it:
+    ``arch.tag`` itself, or for an architecture (hyphens accepted) its CIFAR-10 weights, else its first tag;
+    ``None`` when nothing is published under that name."""
+    key = name.strip().lower().replace("-", "_")
+    arch, _, tag = key.partition(".")
+    if tag:
+        return key if key in published else None
+    tags = sorted(k for k in published if k.split(".")[0] == arch)
+    preferred = [k for k in tags if k.endswith(".cifar10")]
+    return (preferred or tags or [None])[0]
 
 
-def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, cmd: str) -> int:
+def _command(a: argparse.Namespace, only: list[str] | None = None) -> str:
+    """The command line that measures rows, as run: with ``--only`` and the published names it resolved to."""
+    cmd = f"python scripts/reproduce.py{' --quick' if a.quick else ''}{f' --audit {a.audit}' if a.audit != 500 else ''}"
+    return cmd + (" --only " + " ".join(sorted(set(only))) if only else "")
+
+
+def _provenance(rows: list[dict], default: str) -> tuple[str, str]:
+    """``(command, sentence)``: the one command that measured every row (``default`` when no row records one), or
+    the full run and a sentence naming each command with the rows it measured (a table merged from ``--only`` runs)."""
+    by_command: dict[str | None, list[str]] = {}
+    for r in rows:
+        by_command.setdefault(r.get("command"), []).append(r["name"])
+    if len(by_command) <= 1:
+        return f"`{next(iter(by_command), None) or default}`", ""
+    parts = "; ".join(f"{f'`{cmd}`' if cmd else 'an earlier run that did not record its command'}: "
+                      f"{', '.join(f'`{n}`' for n in sorted(names))}"
+                      for cmd, names in sorted(by_command.items(), key=lambda kv: kv[0] or ""))
+    return "`python scripts/reproduce.py`", f" Rows measured by {parts}."
+
+
+def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, provenance: tuple[str, str]) -> int:
     md = markdown(rows, published)
-    md_full = md + (f"\n\nReproduce: `{cmd}` (downloads every model through the local hub and re-certifies it; "
-                    "`--render` rebuilds this table from the last measurements in `results/zoo.json`). "
+    cmd, measured_by = provenance
+    md_full = md + (f"\n\nReproduce: {cmd} (downloads every model through the local hub and re-certifies it; "
+                    f"`--render` rebuilds this table from the last measurements in `results/zoo.json`).{measured_by} "
                     "Target: the project's target for the model and, where it is missed, the measured gap. Training: epochs "
                     "and wall-clock hours of the committed run log (`results/runs/<model>/log.jsonl`) on this project's "
                     "2-core CPU, which was often shared with other work, and, where the log records it, the training "

@@ -108,3 +108,57 @@ def test_only_verifies_the_named_models_and_keeps_the_other_rows(tmp_path, monke
     # the kept row must belong to the published weights
     published["sll_xs.cifar10"]["sha256"] = "d" * 64
     assert reproduce.main() == 1 and "no measurement of the published weights of sll_xs.cifar10" in capsys.readouterr().out
+
+
+def _fake_run(monkeypatch, published):
+    import lipzoo.models._builder as builder
+
+    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    verified = []
+
+    def fake_verify(name, claims, endpoint, mode, hf_home, n_attack):
+        verified.append(name)
+        return _row(name, 0.63, 0.52)
+
+    monkeypatch.setattr(reproduce, "_verify_one", fake_verify)
+    monkeypatch.setattr("lipzoo.hub.server.LocalHub", lambda root: contextlib.nullcontext(SimpleNamespace(endpoint="")))
+    return verified
+
+
+def test_only_accepts_an_architecture_name_as_create_model_does(tmp_path, monkeypatch, capsys):
+    published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {}}, "lot_xs.cifar10": {"sha256": "c" * 64, "claims": {}},
+                 "lot_xs.cifar100": {"sha256": "e" * 64, "claims": {}}}
+    verified = _fake_run(monkeypatch, published)
+    out = tmp_path / "zoo"
+    out.with_suffix(".json").write_text(json.dumps([{**_row(n, 0.64, 0.55), "sha256": m["sha256"]}
+                                                    for n, m in published.items()]))
+    for name, expected in (("sll_xs", "sll_xs.cifar10"), ("SLL-XS", "sll_xs.cifar10"), ("lot_xs", "lot_xs.cifar10"),
+                           ("lot_xs.cifar100", "lot_xs.cifar100")):
+        verified.clear()
+        monkeypatch.setattr("sys.argv", ["reproduce.py", "--only", name, "--out", str(out), "--audit", "0"])
+        assert reproduce.main() == 0, capsys.readouterr().out
+        assert verified == [expected]
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--only", "soc_xs", "--out", str(out)])
+    assert reproduce.main() == 1 and "not published: soc_xs" in capsys.readouterr().out
+
+
+def test_a_partial_run_records_its_true_command(tmp_path, monkeypatch):
+    """--only merges into <out>.json, but every row keeps the command that measured it, and the table names each."""
+    published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {}}, "lot_xs.cifar10": {"sha256": "c" * 64, "claims": {}}}
+    _fake_run(monkeypatch, published)
+    out = tmp_path / "zoo"
+    full_run = "python scripts/reproduce.py"
+    out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64,
+                                                     "command": full_run}]))
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--only", "lot_xs.cifar10", "--out", str(out), "--audit", "0"])
+    assert reproduce.main() == 0
+    rows = {r["name"]: r for r in json.loads(out.with_suffix(".json").read_text())}
+    partial = "python scripts/reproduce.py --audit 0 --only lot_xs.cifar10"
+    assert rows["lot_xs.cifar10"]["command"] == partial
+    assert rows["sll_xs.cifar10"]["command"] == full_run
+    md = out.with_suffix(".md").read_text()
+    assert f"`{partial}`: `lot_xs.cifar10`" in md and f"`{full_run}`: `sll_xs.cifar10`" in md
+    # --render shows the same provenance, not its own command line
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
+    assert reproduce.main() == 0
+    assert f"`{partial}`: `lot_xs.cifar10`" in out.with_suffix(".md").read_text()
