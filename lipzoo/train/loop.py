@@ -59,11 +59,14 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def _pick_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda", _dist_env()[2])
-    return torch.device("cpu")
+    """``name`` (``cuda`` without an index means this process's ``LOCAL_RANK`` GPU under torchrun), else the
+    local GPU if there is one, else the CPU. A CUDA device becomes the current one (NCCL needs it)."""
+    dev = torch.device(name) if name else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", _dist_env()[2])
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev
 
 
 # ------------------------------------------------------------------------------------------ optimisation
