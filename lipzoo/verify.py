@@ -19,6 +19,10 @@ Which images are measured (``subset`` of the claims, ``mode`` of the call):
 Also checked: the claimed dataset/split/n are consistent with the data and with the model's number of classes,
 the model's head rule equals the claimed one, and the model's Lipschitz bound measured now equals the claimed one
 (relative 1e-5, when certifying in the claimed dtype).
+
+The eps *values* of the record are what is measured; each label must name its value (``'36/255'`` = 36/255,
+``'0.5'`` = 0.5, :func:`lipzoo.certify.parse_eps`), else the record is refused with a ``ValueError`` before anything
+is measured (:func:`claimed_eps`). The report prints both, e.g. ``certified accuracy @ 36/255 (eps = 0.14117647)``.
 """
 from __future__ import annotations
 
@@ -34,13 +38,14 @@ from torch import nn
 
 from .certify import CERTIFIER_VERSION, CertificationResult, certify, parse_eps
 
-__all__ = ["verify", "VerificationReport", "Check", "load_claims", "quick_subset_indices", "clopper_pearson",
-           "ACCURACY_TOLERANCE", "QUICK_CONFIDENCE", "QUICK_SIZE"]
+__all__ = ["verify", "VerificationReport", "Check", "load_claims", "claimed_eps", "quick_subset_indices",
+           "clopper_pearson", "ACCURACY_TOLERANCE", "QUICK_CONFIDENCE", "QUICK_SIZE", "EPS_LABEL_TOLERANCE"]
 
 ACCURACY_TOLERANCE = 0.001  # 0.1 percentage point
 QUICK_CONFIDENCE = 0.999
 QUICK_SIZE = 1000
 BOUND_RTOL = 1e-5
+EPS_LABEL_TOLERANCE = 1e-9  # max |parse_eps(label) - value|; eps_label() writes 'n/255' within 1e-9 / 255 of n/255
 
 Mode = Literal["full", "quick"]
 
@@ -112,6 +117,11 @@ class Check:
     difference: float | None
     criterion: str
     passed: bool
+    eps: float | None = None  # the eps value measured, for a certified accuracy (its label is in ``name``)
+
+    def title(self) -> str:
+        """The name as printed: with the eps value beside its label for a certified accuracy."""
+        return self.name if self.eps is None else f"{self.name} (eps = {self.eps:.8g})"
 
 
 @dataclass
@@ -153,7 +163,7 @@ class VerificationReport:
                  "| check | claimed | measured | difference | criterion | result |",
                  "|---|---|---|---|---|---|"]
         for c in self.checks:
-            lines.append(f"| {c.name} | {_fmt(c.name, c.claimed)} | {_fmt(c.name, c.measured)} | "
+            lines.append(f"| {c.title()} | {_fmt(c.name, c.claimed)} | {_fmt(c.name, c.measured)} | "
                          f"{_fmt_diff(c.name, c.difference)} | {c.criterion} | {'pass' if c.passed else '**FAIL**'} |")
         if self.notes:
             lines.append("")
@@ -203,10 +213,57 @@ def load_claims(claims: Mapping[str, Any] | str | Path) -> dict[str, Any]:
     raise ValueError("no claims record found (expected 'certified_accuracy', or a 'claims' entry)")
 
 
-def _claimed_eps(claims: Mapping[str, Any]) -> dict[str, float]:
+def _label_value(label: str) -> float:
+    """The eps a label names (``'36/255'``, ``'0.5'``); ``ValueError`` if it names no finite number."""
+    try:
+        value = parse_eps(label)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"eps label {label!r} is not a number such as '36/255' or '0.5'") from e
+    if not math.isfinite(value):
+        raise ValueError(f"eps label {label!r} is not a finite number")
+    return value
+
+
+def _eps_value(label: str, raw: Any) -> float:
+    """The claimed eps value of ``label``: a finite number >= 0 that equals the label's within
+    :data:`EPS_LABEL_TOLERANCE`; ``ValueError`` otherwise."""
+    named = _label_value(label)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"the eps value of label {label!r} is not a number: {raw!r}") from e
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"the eps value of label {label!r} is {value!r}, not a finite number >= 0")
+    if abs(value - named) > EPS_LABEL_TOLERANCE:
+        raise ValueError(f"eps label {label!r} means {named!r} but its value is {value!r}")
+    return value
+
+
+def claimed_eps(claims: Mapping[str, Any]) -> dict[str, float]:
+    """``{label: eps}`` of every certified accuracy of a claims record, in the record's order.
+
+    The value is ``claims['eps'][label]`` (or the label's own number where ``eps`` has no entry). Every label of
+    ``certified_accuracy`` and ``eps`` must name its value (:func:`_eps_value`): a record whose labels and values
+    disagree is refused with one ``ValueError`` that lists each such label, what it means and its value.
+    """
+    accuracies = claims.get("certified_accuracy")
     values = claims.get("eps") or {}
-    return {label: float(values[label]) if label in values else parse_eps(label)
-            for label in claims["certified_accuracy"]}
+    if not isinstance(accuracies, Mapping) or not isinstance(values, Mapping):
+        raise ValueError("claims: 'certified_accuracy' and 'eps' must map eps labels to accuracies and eps values")
+    eps: dict[str, float] = {}
+    problems: list[str] = []
+    for label in dict.fromkeys([*accuracies, *values]):
+        try:
+            value = _eps_value(label, values[label]) if label in values else _label_value(label)
+        except ValueError as e:
+            problems.append(str(e))
+            continue
+        if label in accuracies:
+            eps[label] = value
+    if problems:
+        raise ValueError("claims refused: " + "; ".join(problems) + ". The eps value is what is measured, so a label "
+                         "must name it (lipzoo.certify.eps_label(value)); fix the claims record")
+    return eps
 
 
 def _subset_of(claims: Mapping[str, Any]) -> tuple[str, int | None]:
@@ -254,6 +311,7 @@ def verify(
     if mode not in ("full", "quick"):
         raise ValueError(f"mode must be 'full' or 'quick', got {mode!r}")
     claims = load_claims(claims)
+    eps = claimed_eps(claims)  # refuses a record whose eps labels and values disagree, before any work
     dataset, split = str(claims.get("dataset", "cifar10")), str(claims.get("split", "test"))
     claimed_subset, first_n = _subset_of(claims)
     claimed_dtype = str(claims.get("dtype", "float32"))
@@ -297,7 +355,6 @@ def verify(
                         claims.get("head_rule") in (None, rule)))
 
     # measure
-    eps = _claimed_eps(claims)
     x, y = (images, labels) if idx is None else (images[idx], labels[idx])
     result = certify(model, x, y, eps=tuple(eps.values()), batch_size=batch_size, dtype=dtype, progress=progress)
 
@@ -316,10 +373,10 @@ def verify(
 
     # the accuracies
     n = result.n
-    rows = [("clean accuracy", claims.get("clean_accuracy"), result.clean_accuracy)]
-    rows += [(f"certified accuracy @ {label}", claims["certified_accuracy"][label], result.certified_accuracy_at(e))
+    rows = [("clean accuracy", claims.get("clean_accuracy"), result.clean_accuracy, None)]
+    rows += [(f"certified accuracy @ {label}", claims["certified_accuracy"][label], result.certified_accuracy_at(e), e)
              for label, e in eps.items()]
-    for row_name, claimed, measured in rows:
+    for row_name, claimed, measured, row_eps in rows:
         if claimed is None:
             continue
         claimed = float(claimed)
@@ -330,7 +387,7 @@ def verify(
         else:
             ok = abs(measured - claimed) <= ACCURACY_TOLERANCE + 1e-12
             crit = f"within ±{100 * ACCURACY_TOLERANCE:.1f} pp"
-        checks.append(Check(row_name, claimed, measured, measured - claimed, crit, ok))
+        checks.append(Check(row_name, claimed, measured, measured - claimed, crit, ok, row_eps))
 
     return VerificationReport(model=name or type(model).__name__, dataset=dataset, split=split,
                               subset=measured_subset, mode=mode, n=n, checks=checks, notes=notes, result=result)

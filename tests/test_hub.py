@@ -153,7 +153,7 @@ def honest(ctx):
         out["info_sha"] = HfApi().model_info("{REPO_ID}").sha  # the route without a revision
         entry = json.load(open("{ctx['published_json']}"))["{MODEL_ID}"]
         claims = json.load(open("{ctx['folder'] / 'config.json'}"))["lipzoo"]["claims"]
-        report = verified_report_path(entry["sha256"], claims)
+        report = verified_report_path(entry["sha256"], claims, m)
         out["report"] = json.loads(report.read_text()) if report.exists() else None
         out["hf_cache"] = constants.HF_HUB_CACHE
         import contextlib, io

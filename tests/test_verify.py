@@ -146,6 +146,40 @@ def test_verify_consistency_checks(toy_data):
     assert report.passed and report.n == 300 and report.subset == "first_300"
 
 
+def test_eps_label_that_disagrees_with_its_value_is_refused(toy_data):
+    """Issue 19, item 4: the value is what is measured, so a label that names another eps is refused (ValueError),
+    in verify and in the model card; the report and the card print both label and value."""
+    from lipzoo.hub.card import claims_to_eval_results
+
+    model, x, y = toy_data
+    claims = certify(model, x, y).to_claims("cifar10", "test", "full")
+    spoof = json.loads(json.dumps(claims))  # every eps value 0.0 under the usual labels, "certified" = clean
+    spoof["eps"] = {label: 0.0 for label in spoof["eps"]}
+    spoof["certified_accuracy"] = {label: claims["clean_accuracy"] for label in spoof["certified_accuracy"]}
+    with pytest.raises(ValueError, match=r"255/255.*0\.0"):
+        verify(model, spoof, data=(x, y))
+    with pytest.raises(ValueError, match=r"255/255.*0\.0"):
+        claims_to_eval_results(spoof)
+    swapped = json.loads(json.dumps(claims))  # one label on another label's value
+    swapped["eps"]["72/255"] = 36 / 255
+    with pytest.raises(ValueError, match="72/255"):
+        verify(model, swapped, data=(x, y))
+    for bad in ("0.1 pixels", "nan"):  # a label that is no number cannot match its value
+        odd = json.loads(json.dumps(claims))
+        odd["certified_accuracy"][bad] = odd["eps"][bad] = 0.1
+        with pytest.raises(ValueError, match="label"):
+            verify(model, odd, data=(x, y))
+    # honest records pass, with both the label and the value in the report and in the card
+    report = verify(model, claims, data=(x, y))
+    assert report.passed, str(report)
+    text = str(report)
+    assert "36/255" in text and "0.14117647" in text and "255/255" in text
+    metric_args = [r.metric_args for r in claims_to_eval_results(claims) if r.metric_args]
+    assert {"norm": "L2", "eps": 36 / 255, "eps_label": "36/255"} in metric_args
+    decimal = certify(model, x[:200], y[:200], eps=(0.5,)).to_claims("cifar10", "test", "first_200")
+    assert list(decimal["eps"]) == ["0.5"] and verify(model, decimal, data=(x, y)).passed
+
+
 def test_verify_float64_claims(toy_data):
     model, x, y = toy_data
     claims = certify(model, x[:200], y[:200], dtype=torch.float64).to_claims("cifar10", "test", "first_200")

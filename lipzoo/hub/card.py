@@ -32,7 +32,12 @@ def _pct(x: float) -> str:
 
 
 def claims_to_eval_results(claims: Mapping[str, Any]) -> list[EvalResult]:
-    """The claims record as ``EvalResult``s: clean accuracy, then one certified accuracy per eps."""
+    """The claims record as ``EvalResult``s: clean accuracy, then one certified accuracy per eps, each with its
+    label and its value (``metric_args``). A record whose eps labels and values disagree is refused with a
+    ``ValueError`` (:func:`lipzoo.verify.claimed_eps`): a card never shows a label for another eps."""
+    from ..verify import claimed_eps
+
+    eps_values = claimed_eps(claims)
     common = dict(
         task_type="image-classification", task_name="Certified robust image classification (L2)",
         dataset_type=claims["dataset"], dataset_name=DATASET_NAMES.get(claims["dataset"], claims["dataset"]),
@@ -41,7 +46,7 @@ def claims_to_eval_results(claims: Mapping[str, Any]) -> list[EvalResult]:
     out = [EvalResult(metric_type="accuracy", metric_value=float(claims["clean_accuracy"]),
                       metric_name="Clean accuracy", **common)]
     for label, acc in claims["certified_accuracy"].items():
-        eps = float(claims["eps"][label])
+        eps = eps_values[label]
         out.append(EvalResult(metric_type=CERTIFIED, metric_value=float(acc),
                               metric_name=f"Certified robust accuracy (L2, eps={label})",
                               metric_args={"norm": "L2", "eps": eps, "eps_label": label}, **common))

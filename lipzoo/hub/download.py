@@ -9,16 +9,24 @@
    unreachable hub is detected in a few seconds; the cached copy is then used, else :class:`HubUnreachableError`;
 3. checks the file's sha256 against ``published.json`` (for repos not listed there: against the repo's own
    ``config.json``, with a warning);
-4. on the first download of a sha256 (per certifier version and claims), runs ``lipzoo.verify.verify`` against
-   the claims in ``config.json`` and caches the report in ``~/.cache/lipzoo/verified/``.
+4. refuses a ``config.json`` whose ``architecture`` names another model than the one being loaded, and weights
+   with extra or missing keys;
+5. verifies: runs ``lipzoo.verify.verify`` against the claims in ``config.json`` (refused at once if an eps label
+   does not name its value) unless a passing report with the same :func:`verification_key` is cached in
+   ``~/.cache/lipzoo/verified/``. The key is everything that defines the measured function and what it is checked
+   against: the weights' sha256, the architecture and exact constructor arguments of the model, the claims, the
+   certifier version and the lipzoo version.
 
-Any failure removes the downloaded files from the Hugging Face cache before raising, so nothing half-trusted
-stays behind.
+Any failure after the download (an exception of any kind, a refusal or an interruption) removes this repo's
+downloaded snapshot entries, and their blobs unless another snapshot of the same repo still uses them, from the
+Hugging Face cache before raising, so nothing half-trusted stays behind. Other repos' files are never touched.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -27,8 +35,8 @@ from typing import Any, Mapping
 from torch import nn
 
 __all__ = ["load_pretrained", "download_and_report", "HubError", "IntegrityError", "PickleRefusedError",
-           "HubUnreachableError", "VerificationFailedError", "verification_mode", "verified_report_path",
-           "registry_entry"]
+           "HubUnreachableError", "VerificationFailedError", "InvalidClaimsError", "verification_mode",
+           "verification_key", "verified_report_path", "registry_entry"]
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -60,6 +68,11 @@ class VerificationFailedError(HubError):
         self.report = report
 
 
+class InvalidClaimsError(HubError, ValueError):
+    """The claims record in ``config.json`` cannot be verified as written (e.g. an eps label that does not name
+    its value). Both a :class:`HubError` and a ``ValueError``."""
+
+
 # ----------------------------------------------------------------------------------------------- helpers
 def registry_entry(repo_id: str, model_id: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
     """``(arch.tag, entry)`` of ``published.json`` for ``repo_id``: the entry ``model_id`` when it names that
@@ -76,8 +89,9 @@ def registry_entry(repo_id: str, model_id: str | None = None) -> tuple[str | Non
 
 
 def _purge(paths: list[str]) -> None:
-    """Remove downloaded snapshot entries, and the blobs they point to unless another snapshot still uses them
-    (a refused revision may share an unchanged file with a trusted one)."""
+    """Remove downloaded snapshot entries, and the blobs they point to unless another snapshot of the same repo
+    still uses them (a refused revision may share an unchanged file with a trusted one); a snapshot folder left
+    empty goes too. Only paths inside this repo's cache folder are touched."""
     for p in paths:
         blob = os.path.realpath(p)
         try:
@@ -89,11 +103,22 @@ def _purge(paths: list[str]) -> None:
             continue  # not a symlinked cache entry: the file itself was removed
         snapshots = Path(*parts[: len(parts) - parts[::-1].index("snapshots")])
         still_used = any(os.path.realpath(q) == blob for q in snapshots.rglob("*") if q.is_symlink())
-        if not still_used:
+        if not still_used and Path(blob).parent == Path(os.path.realpath(snapshots.parent / "blobs")):
             try:
                 os.unlink(blob)
             except FileNotFoundError:
                 pass
+        _remove_empty_dirs(Path(p).parent, stop=snapshots)
+
+
+def _remove_empty_dirs(folder: Path, stop: Path) -> None:
+    """Remove ``folder`` and its parents while they are empty, up to (not including) ``stop``."""
+    while folder != stop and stop in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone
+            return
+        folder = folder.parent
 
 
 def _endpoint() -> str:
@@ -196,15 +221,67 @@ def _certifier_version() -> str:
     return str(getattr(certify, "CERTIFIER_VERSION", "unknown"))
 
 
-def _claims_digest(claims: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(claims, sort_keys=True).encode()).hexdigest()[:16]
+class _NoCanonicalForm(Exception):
+    """A constructor argument without a stable JSON form: the model's cache key is unknown."""
 
 
-def verified_report_path(sha256: str, claims: Mapping[str, Any]) -> Path:
-    """Where the verification report of these weights and claims is cached (per certifier version)."""
+def _canonical(value: Any) -> Any:
+    """``value`` as plain JSON data that is equal exactly when the values are (tuples as lists, classes and
+    functions by qualified name, dtypes by name); :class:`_NoCanonicalForm` for anything else."""
+    import torch
+
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, type) or inspect.isfunction(value) or inspect.isbuiltin(value):
+        name = f"{value.__module__}.{value.__qualname__}"
+        if "<" not in name:  # a lambda or a local closure: the name does not say what it computes
+            return name
+    raise _NoCanonicalForm(repr(value))
+
+
+def verification_key(sha256: str, claims: Mapping[str, Any], model: nn.Module) -> dict[str, Any] | None:
+    """Everything that defines the measured function and what it is checked against: the weights' sha256, the
+    model's architecture, constructor and exact constructor arguments (:func:`lipzoo.models._builder.build_record`),
+    the claims, the certifier version and the lipzoo version, as plain JSON data.
+
+    ``None`` when the model's construction is unknown (not built by lipzoo's builder) or has an argument without a
+    stable JSON form: such a model is verified on every load and its report is never cached."""
+    from .. import __version__
+    from ..models._builder import build_record
+
+    record = build_record(model)
+    if record is None:
+        return None
+    try:
+        built = _canonical(record)
+    except _NoCanonicalForm:
+        return None
+    return {"sha256": sha256, "architecture": built.get("architecture"), "constructor": built.get("constructor"),
+            "model_args": built.get("model_args"), "claims": json.loads(json.dumps(claims, sort_keys=True)),
+            "certifier_version": _certifier_version(), "lipzoo_version": __version__}
+
+
+def _key_digest(key: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def verified_report_path(sha256: str, claims: Mapping[str, Any], model: nn.Module) -> Path | None:
+    """Where the verification report of these weights and claims, measured on ``model`` as built, is cached:
+    one file per :func:`verification_key`; ``None`` when the key is unknown (nothing is cached)."""
     from ..data import cache_dir
 
-    return cache_dir() / "verified" / f"{sha256}-{_certifier_version()}-{_claims_digest(claims)}.json"
+    key = verification_key(sha256, claims, model)
+    if key is None:
+        return None
+    return cache_dir() / "verified" / f"{sha256}-{_certifier_version()}-{_key_digest(key)}.json"
 
 
 def _report_text(report: Any) -> str:
@@ -214,35 +291,61 @@ def _report_text(report: Any) -> str:
     return str(report)
 
 
+def _cached_pass(path: Path, key: Mapping[str, Any], mode: str) -> dict[str, Any] | None:
+    """The record cached at ``path`` if it passed, holds exactly ``key`` and was measured in a mode at least as
+    strong as ``mode``; else ``None`` (also for a missing or corrupt file, which is simply redone)."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(cached, dict) or not cached.get("passed") or cached.get("key") != key:
+        return None
+    if cached.get("mode") not in _MODES or _MODES.index(cached["mode"]) < _MODES.index(mode):
+        return None
+    return cached
+
+
+def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _measure(model: nn.Module, claims: Mapping[str, Any], mode: str, name: str) -> Any:
+    """``lipzoo.verify.verify`` of ``model`` in eval mode (its training flag is restored afterwards)."""
+    from ..verify import verify
+
+    was_training = model.training
+    try:
+        return verify(model.eval(), dict(claims), mode=mode, name=name)
+    finally:
+        model.train(was_training)
+
+
 def _verify_once(model: nn.Module, claims: Mapping[str, Any], mode: str, sha256: str, repo_id: str,
                  revision: str | None) -> tuple[bool, Any]:
-    """Verify unless a cached passing report at least as strong as ``mode`` exists; ``(passed, report)``."""
+    """Verify unless a passing record with the same :func:`verification_key`, measured in a mode at least as strong
+    as ``mode``, is cached; cache a new passing record. ``(passed, report or cached record)``. A model without a
+    key is measured every time."""
     from filelock import FileLock
 
-    path = verified_report_path(sha256, claims)
+    name = f"{repo_id}@{revision or 'main'}"
+    key = verification_key(sha256, claims, model)
+    if key is None:
+        report = _measure(model, claims, mode, name)
+        return report.passed, report
+    path = verified_report_path(sha256, claims, model)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):  # concurrent first downloads: one verifies, the others read its report
-        if path.exists():
-            try:
-                cached = json.loads(path.read_text())
-                if cached.get("passed") and _MODES.index(cached.get("mode", "off")) >= _MODES.index(mode):
-                    return True, cached
-            except (json.JSONDecodeError, ValueError):
-                pass  # a corrupt cache entry is simply redone
-        from ..verify import verify
-
-        was_training = model.training
-        try:
-            report = verify(model.eval(), dict(claims), mode=mode, name=f"{repo_id}@{revision or 'main'}")
-        finally:
-            model.train(was_training)
+        cached = _cached_pass(path, key, mode)
+        if cached is not None:
+            return True, cached
+        report = _measure(model, claims, mode, name)
         if not report.passed:
             return False, report
-        record = {"passed": True, "mode": mode, "sha256": sha256, "repo_id": repo_id, "revision": revision,
-                  "certifier_version": _certifier_version(), "claims": dict(claims), "report": report.to_dict()}
-        tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=2, default=str))
-        os.replace(tmp, path)
+        _write_atomically(path, {"passed": True, "mode": mode, "sha256": sha256, "repo_id": repo_id,
+                                 "revision": revision, "certifier_version": _certifier_version(), "key": key,
+                                 "claims": dict(claims), "report": report.to_dict()})
         return True, report
 
 
@@ -258,7 +361,148 @@ def _refuse_pickle_name(filename: str) -> None:
                                  "when loaded. Convert the checkpoint to safetensors (lipzoo.convert) and publish it")
 
 
+# ----------------------------------------------------------------------------------------------- checks
+def _read_weights(weights_path: str, repo_id: str) -> tuple[bytes, str]:
+    """The weights' bytes and sha256 (read once: the bytes hashed are the bytes loaded); a pickle is refused."""
+    with open(weights_path, "rb") as f:
+        data = f.read()
+    if not _is_safetensors(data) and data.startswith(_PICKLE_MAGIC):
+        raise PickleRefusedError(f"{repo_id}/{WEIGHTS} is a pickle, not safetensors: refused and removed from the "
+                                 "cache")
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _read_config(cfg_path: str, repo_id: str) -> dict[str, Any]:
+    """The repo's ``config.json``; :class:`IntegrityError` if it is not a JSON object."""
+    try:
+        config = json.loads(Path(cfg_path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise IntegrityError(f"{repo_id}/{CONFIG} is not valid JSON ({e}); removed from the cache") from e
+    if not isinstance(config, dict):
+        raise IntegrityError(f"{repo_id}/{CONFIG} is not a JSON object; removed from the cache")
+    return config
+
+
+def _check_sha256(sha: str, size: int, block: Mapping[str, Any], entry: Mapping[str, Any] | None,
+                  model_id: str | None, where: str) -> None:
+    """The weights are the published ones (``published.json``), or, for a repo not listed there, the ones its own
+    ``config.json`` declares (with a warning); :class:`IntegrityError` otherwise."""
+    if entry is not None:
+        if sha != entry.get("sha256"):
+            raise IntegrityError(
+                f"{where}/{WEIGHTS} has sha256 {sha} ({size} bytes) but {model_id} was published with "
+                f"{entry.get('sha256')}: the file is tampered with or truncated. It was removed from the cache; "
+                "do not use it. Re-download, or check the hub you are talking to (HF_ENDPOINT).")
+        if block.get("sha256") not in (None, sha):
+            raise IntegrityError(f"{where}/{CONFIG} describes other weights (sha256 {block.get('sha256')}) than the "
+                                 f"published {WEIGHTS} ({sha}); removed from the cache")
+        return
+    declared = block.get("sha256")
+    if not declared:
+        raise IntegrityError(f"{where} is not in lipzoo's published.json and its {CONFIG} declares no sha256: "
+                             "there is nothing to check the weights against; refused")
+    if sha != declared:
+        raise IntegrityError(f"{where}/{WEIGHTS} has sha256 {sha} but its {CONFIG} declares {declared}: tampered "
+                             "or truncated; removed from the cache")
+    warnings.warn(f"{where.partition('@')[0]} is not in lipzoo's published.json: its sha256 is checked against the "
+                  "repo's own config.json only", RuntimeWarning, stacklevel=4)
+
+
+def _model_architecture(model: nn.Module) -> str | None:
+    """The architecture ``model`` was built as (its build record, else its ``pretrained_cfg``), if known."""
+    from ..models._builder import build_record
+
+    record = build_record(model) or {}
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return record.get("architecture") or cfg.get("architecture")
+
+
+def _check_architecture(config: Mapping[str, Any], model: nn.Module, where: str) -> None:
+    """:class:`HubError` when ``config.json`` (``architecture``, or ``lipzoo.arch``) names another architecture than
+    the model's: its weights and claims belong to that other model."""
+    ours = _model_architecture(model)
+    block = config.get("lipzoo") or {}
+    named = {str(a) for a in (config.get("architecture"), block.get("arch")) if a}
+    if ours is None or not named or named == {ours}:
+        return
+    raise HubError(f"{where}/{CONFIG} describes architecture {' / '.join(sorted(named))}, not {ours}: these weights "
+                   "and their claims belong to another model. Refused and removed from the cache; create the model the "
+                   f"repo names (timm.create_model('hf-hub:{where.partition('@')[0]}'))")
+
+
+def _load_weights(model: nn.Module, data: bytes, where: str) -> None:
+    """Load the safetensors bytes into ``model`` strictly (same keys, same shapes)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    try:
+        state = load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as e:
+        raise IntegrityError(f"{where}/{WEIGHTS} is not a valid safetensors file ({e}); removed from the cache") from e
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        why = " ".join(line.strip() for line in str(e).splitlines()[:3])
+        raise HubError(
+            f"the weights of {where} do not fit this model ({why[:400]}); removed from the cache. A "
+            "pretrained certified model and its head are one unit: create it without num_classes or other "
+            "architecture overrides, or load pretrained=False and fine-tune, then re-certify") from e
+
+
+def _check_claims(claims: Mapping[str, Any], where: str) -> None:
+    """:class:`InvalidClaimsError` (a ``ValueError``) when the claims record cannot be verified as written, e.g. an
+    eps label that does not name its value (:func:`lipzoo.verify.claimed_eps`)."""
+    from ..verify import claimed_eps
+
+    try:
+        claimed_eps(claims)
+    except ValueError as e:
+        raise InvalidClaimsError(f"{where}/{CONFIG}: {e}. Refused and removed from the cache") from e
+
+
+def _verify_claims(model: nn.Module, claims: Mapping[str, Any] | None, verify: bool | str | None, sha: str,
+                   repo_id: str, revision: str | None) -> None:
+    """Verify ``claims`` on ``model`` (once per :func:`verification_key`) unless verification is off; raises
+    :class:`VerificationFailedError` / :class:`InvalidClaimsError` when the weights cannot be trusted."""
+    where = f"{repo_id}@{revision or 'main'}"
+    mode = verification_mode(verify, claims or {})
+    if mode == "off":
+        return
+    if not claims:
+        raise VerificationFailedError(f"{where} states no claims (config.json has no lipzoo.claims) to verify; "
+                                      "refused. Pass verify=0 to load it unverified")
+    _check_claims(claims, where)
+    passed, report = _verify_once(model, claims, mode, sha, repo_id, revision)
+    if not passed:
+        raise VerificationFailedError(
+            f"{where} does not reach the accuracies its card claims ({mode} verification); the weights were removed "
+            f"from the cache and not loaded as trusted.\n\n{_report_text(report)}", report)
+
+
+def _load_downloaded(model: nn.Module, cfg_path: str, weights_path: str, repo_id: str, revision: str | None,
+                     model_id: str | None, entry: Mapping[str, Any] | None, verify: bool | str | None) -> None:
+    """Every check of a downloaded repo, then the weights into ``model``, then verification; raises on refusal
+    (the caller removes the files)."""
+    where = f"{repo_id}@{revision or 'main'}"
+    data, sha = _read_weights(weights_path, repo_id)
+    config = _read_config(cfg_path, repo_id)
+    block = config.get("lipzoo") or {}
+    _check_sha256(sha, len(data), block, entry, model_id, where)
+    _check_architecture(config, model, where)
+    _load_weights(model, data, where)
+    _verify_claims(model, block.get("claims") or (entry or {}).get("claims"), verify, sha, repo_id, revision)
+
+
 # ----------------------------------------------------------------------------------------------- entry point
+def _revisions(entry: Mapping[str, Any] | None, revision: str | None, pinned: str) -> list[str | None]:
+    """The revisions to try: the caller's, else the one pinned in the hub id, else those of ``published.json``,
+    else ``main`` (``None``)."""
+    if revision or pinned:
+        return [revision or pinned]
+    revisions = [r for r in dict.fromkeys([(entry or {}).get("revision"), (entry or {}).get("hub_revision")]) if r]
+    return revisions or [None]
+
+
 def load_pretrained(
     model: nn.Module,
     pretrained_cfg: Mapping[str, Any],
@@ -276,11 +520,10 @@ def load_pretrained(
         cache_dir: the Hugging Face cache to use (default ``$HF_HUB_CACHE``).
 
     Raises:
-        PickleRefusedError, IntegrityError, HubUnreachableError, VerificationFailedError, HubError.
+        PickleRefusedError, IntegrityError, HubUnreachableError, VerificationFailedError, InvalidClaimsError,
+        HubError. Whatever is raised after the download, the downloaded files of this repo are removed from the
+        Hugging Face cache first.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as load_safetensors
-
     cfg = dict(pretrained_cfg or {})
     hub_id = cfg.get("hf_hub_id")
     if not hub_id:
@@ -290,73 +533,13 @@ def load_pretrained(
     repo_id, _, pinned = str(hub_id).partition("@")
     tagged = f"{cfg.get('architecture')}.{cfg.get('tag')}" if cfg.get("architecture") and cfg.get("tag") else None
     model_id, entry = registry_entry(repo_id, tagged)
-    if revision or pinned:
-        revisions = [revision or pinned]
-    else:
-        revisions = [r for r in dict.fromkeys([(entry or {}).get("revision"), (entry or {}).get("hub_revision")]) if r]
-        revisions = revisions or [None]
     cache = str(cache_dir) if cache_dir is not None else None
-    cfg_path, weights_path, used_rev = _fetch(repo_id, revisions, cache)
-    downloaded = [weights_path, cfg_path]
-
-    def refuse(exc: HubError) -> None:
-        _purge(downloaded)
-        raise exc
-
-    with open(weights_path, "rb") as f:
-        data = f.read()  # read once: the bytes hashed are the bytes loaded
-    if not _is_safetensors(data) and data.startswith(_PICKLE_MAGIC):
-        refuse(PickleRefusedError(f"{repo_id}/{WEIGHTS} is a pickle, not safetensors: refused and removed from the cache"))
-    sha = hashlib.sha256(data).hexdigest()
+    cfg_path, weights_path, used_rev = _fetch(repo_id, _revisions(entry, revision, pinned), cache)
     try:
-        config = json.loads(Path(cfg_path).read_text())
-    except json.JSONDecodeError as e:
-        refuse(IntegrityError(f"{repo_id}/{CONFIG} is not valid JSON ({e}); removed from the cache"))
-    block = config.get("lipzoo") or {}
-    where = f"{repo_id}@{used_rev or 'main'}"
-    if entry is not None:
-        if sha != entry.get("sha256"):
-            refuse(IntegrityError(
-                f"{where}/{WEIGHTS} has sha256 {sha} ({len(data)} bytes) but {model_id} was published with "
-                f"{entry.get('sha256')}: the file is tampered with or truncated. It was removed from the cache; "
-                "do not use it. Re-download, or check the hub you are talking to (HF_ENDPOINT)."))
-        if block.get("sha256") not in (None, sha):
-            refuse(IntegrityError(f"{where}/{CONFIG} describes other weights (sha256 {block.get('sha256')}) than the "
-                                  f"published {WEIGHTS} ({sha}); removed from the cache"))
-    else:
-        declared = block.get("sha256")
-        if not declared:
-            refuse(IntegrityError(f"{where} is not in lipzoo's published.json and its {CONFIG} declares no sha256: "
-                                  "there is nothing to check the weights against; refused"))
-        if sha != declared:
-            refuse(IntegrityError(f"{where}/{WEIGHTS} has sha256 {sha} but its {CONFIG} declares {declared}: tampered "
-                                  "or truncated; removed from the cache"))
-        warnings.warn(f"{repo_id} is not in lipzoo's published.json: its sha256 is checked against the repo's own "
-                      "config.json only", RuntimeWarning, stacklevel=2)
-    try:
-        state = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as e:
-        refuse(IntegrityError(f"{where}/{WEIGHTS} is not a valid safetensors file ({e}); removed from the cache"))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise HubError(
-            f"the weights of {where} do not fit this model ({str(e).splitlines()[0]}). A pretrained certified model "
-            "and its head are one unit: create it without num_classes or other architecture overrides, or load "
-            "pretrained=False and fine-tune, then re-certify") from e
-
-    claims = block.get("claims") or (entry or {}).get("claims")
-    mode = verification_mode(verify, claims or {})
-    if mode == "off":
-        return model
-    if not claims:
-        refuse(VerificationFailedError(f"{where} states no claims (config.json has no lipzoo.claims) to verify; "
-                                       "refused. Pass verify=0 to load it unverified"))
-    passed, report = _verify_once(model, claims, mode, sha, repo_id, used_rev)
-    if not passed:
-        refuse(VerificationFailedError(
-            f"{where} does not reach the accuracies its card claims ({mode} verification); the weights were removed "
-            f"from the cache and not loaded as trusted.\n\n{_report_text(report)}", report))
+        _load_downloaded(model, cfg_path, weights_path, repo_id, used_rev, model_id, entry, verify)
+    except BaseException:  # refused, failed or interrupted: nothing half-trusted stays in the cache
+        _purge([weights_path, cfg_path])
+        raise
     return model
 
 
@@ -395,7 +578,7 @@ def download_and_report(name: str, verify: bool | str | None = None) -> int:
     print(f"{model_id or name}: {repo_id} @ {entry.get('revision') or 'main'}\n  model.safetensors sha256 "
           f"{entry.get('sha256')} (checked)")
     claims = entry.get("claims")
-    report = verified_report_path(entry["sha256"], claims) if claims and entry.get("sha256") else None
+    report = verified_report_path(entry["sha256"], claims, model) if claims and entry.get("sha256") else None
     if report is not None and report.exists():
         record = json.loads(report.read_text())
         print(f"  claims verified ({record.get('mode')} mode, certifier {record.get('certifier_version')}); "

@@ -15,7 +15,11 @@ from typing import Any, Callable
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-__all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "published_weights", "PUBLISHED_JSON"]
+__all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "build_record", "published_weights",
+           "PUBLISHED_JSON", "BUILD_RECORD_ATTR"]
+
+# The attribute where :func:`build` records how a model was constructed (see :func:`build_record`).
+BUILD_RECORD_ATTR = "lipzoo_build"
 
 # ``LIPZOO_PUBLISHED_JSON`` points the registry at another file (tests, scratch publishing); read at import.
 PUBLISHED_JSON = Path(os.environ.get("LIPZOO_PUBLISHED_JSON") or Path(__file__).resolve().parent.parent / "hub" / "published.json")
@@ -108,8 +112,31 @@ def register(info: ArchInfo) -> Callable[[Callable], Callable]:
     return deco
 
 
+def build_record(model) -> dict[str, Any] | None:
+    """How :func:`build` constructed ``model``: ``{'architecture': variant, 'constructor': 'module.Class',
+    'model_args': {the exact keyword arguments the class received}}``; ``None`` for a model built otherwise.
+
+    Together with the weights this defines the function a checkpoint computes; the verification cache is keyed on
+    it. It describes the model as built, not later changes to its attributes."""
+    record = getattr(model, BUILD_RECORD_ATTR, None)
+    return dict(record) if isinstance(record, dict) else None
+
+
+def _recording(model_cls: type, received: dict[str, Any]) -> Callable[..., Any]:
+    """A constructor that calls ``model_cls`` and copies the keyword arguments it got into ``received``."""
+
+    def construct(**kwargs):
+        received.update(kwargs)
+        return model_cls(**kwargs)
+
+    return construct
+
+
 def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs):
-    """timm ``build_model_with_cfg`` without timm's weight loading; lipzoo loads and verifies weights itself."""
+    """timm ``build_model_with_cfg`` without timm's weight loading; lipzoo loads and verifies weights itself.
+
+    The model records its architecture and the exact constructor arguments (:func:`build_record`) before any
+    pretrained weights are loaded."""
     verify = kwargs.pop("verify", None)
     revision = kwargs.pop("revision", None)
     cache_dir = kwargs.pop("cache_dir", None)
@@ -119,9 +146,12 @@ def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs):
         raise ValueError(f"lipzoo models take RGB images (in_chans=3), got in_chans={in_chans}")
     if img_size not in (None, 32, (32, 32)):
         raise ValueError(f"lipzoo CIFAR models are built for 32x32 inputs, got img_size={img_size}")
-    model = build_model_with_cfg(
-        model_cls, variant, pretrained=False, kwargs_filter=("in_chans", "img_size", "global_pool"), **kwargs
-    )
+    received: dict[str, Any] = {}
+    model = build_model_with_cfg(_recording(model_cls, received), variant, pretrained=False,
+                                 kwargs_filter=("in_chans", "img_size", "global_pool"), **kwargs)
+    setattr(model, BUILD_RECORD_ATTR, {"architecture": variant,
+                                       "constructor": f"{model_cls.__module__}.{model_cls.__qualname__}",
+                                       "model_args": received})
     model.pretrained_cfg = model.default_cfg = with_input_stats(model.pretrained_cfg)
     if pretrained:
         from ..hub.download import load_pretrained
