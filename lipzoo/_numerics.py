@@ -7,6 +7,8 @@
   parameters before it is reused (writes through ``.data`` bump no version counter, so a cache alone cannot
   be trusted for a proof).
 * :func:`float_rounding_slack` — the relative rounding error of a dot product in a given dtype.
+* :func:`autocast_off` and :func:`parametrization_dtype` — every layer computes its parametrisation in float32
+  (float64 for float64 weights) with autocast off, even while the network trains under autocast.
 
 Nothing here imports the rest of lipzoo.
 """
@@ -19,7 +21,10 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["certification_context", "cache_scope", "float_rounding_slack", "precision_guard"]
+__all__ = [
+    "autocast_off", "cache_scope", "certification_context", "current_cache_scope", "float_rounding_slack",
+    "parametrization_dtype", "precision_guard",
+]
 
 # float32 precision leaves of torch's backends (torch >= 2.9 API); each accepts "ieee" and is restored as read
 _FP32_LEAVES: tuple[tuple[str, str], ...] = (
@@ -36,6 +41,19 @@ def float_rounding_slack(inner_dim: int, dtype: torch.dtype = torch.float32) -> 
     u = torch.finfo(dtype).eps / 2
     n = max(int(inner_dim), 1)
     return n * u / max(1.0 - n * u, 1e-12)
+
+
+def parametrization_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float64 if any of ``dtypes`` is float64, else float32: parametrisations never run in half or bfloat16."""
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def autocast_off(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device``'s type (a no-op on devices without autocast)."""
+    device_type = torch.device(device).type
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _fp32_leaves() -> list[object]:

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._numerics import certification_context, current_cache_scope
+from ._numerics import certification_context, current_cache_scope, float_rounding_slack
 
 __all__ = [
     "CERTIFIER_VERSION", "DEFAULT_EPS", "SLACK_ULPS", "CertificationResult", "certify", "certify_dataset",
@@ -222,8 +222,7 @@ def _curvature_radius(gap: torch.Tensor, grad_norm: torch.Tensor, curvature: tor
 
 def _gamma(n: int) -> float:
     """Higham's ``gamma_n = n u / (1 - n u)`` for float64 (u = 2^-53)."""
-    u = 2.0 ** -53
-    return n * u / (1 - n * u)
+    return float_rounding_slack(n, torch.float64)
 
 
 def _lanczos_max(mat: torch.Tensor, steps: int) -> float:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._numerics import autocast_off
 from .base import LipschitzModule
 
 __all__ = ["LLN", "HEAD_RULES"]
@@ -59,8 +60,6 @@ class LLN(nn.Module):
 
 
 __all__ += ["MLPHead", "thresholded_softplus"]
-
-from contextlib import nullcontext  # noqa: E402  (appended section)
 
 
 def thresholded_softplus(x: torch.Tensor, beta: float = 1.0, threshold: float = 20.0) -> torch.Tensor:
@@ -114,8 +113,7 @@ class MLPHead(nn.Module):
         """``iters`` alternating power-method steps on ``fc1.weight`` (in place on ``_u``/``_v``)."""
         if self.fc1.weight.is_meta:
             return
-        dev = self.fc1.weight.device.type
-        with torch.autocast(device_type=dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext():
+        with autocast_off(self.fc1.weight.device):
             w = self.fc1.weight
             w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
             for _ in range(iters):

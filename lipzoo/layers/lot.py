@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._numerics import autocast_off, parametrization_dtype
 from .base import LipschitzModule, ParametrizationCache
 
 __all__ = ["lot_orthogonalize", "fft_shift", "LOTConv2d", "LOTLinear"]
@@ -122,11 +123,6 @@ def _as_size2(size: int | Size2) -> Size2:
         return (size, size)
     h, w = size
     return (int(h), int(w))
-
-
-def _real_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    """float64 if any of ``dtypes`` is float64, else float32 (never half/bfloat16)."""
-    return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 class _FrequencyMatmul(torch.autograd.Function):
@@ -255,8 +251,8 @@ class LOTConv2d(LipschitzModule):
     def _compute_weights(self, grid: Size2 | None, apply_dtype: torch.dtype) -> torch.Tensor:
         """Realised matrices: (c_out, c_in) real for k = 1, else (nh * (nw//2+1), c_out, c_in) complex."""
         iters = self.train_iters if self.training else self.eval_iters
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
-            work = self.ortho_dtype or _real_dtype(self.weight.dtype, apply_dtype)
+        with autocast_off(self.weight.device):
+            work = self.ortho_dtype or parametrization_dtype(self.weight.dtype, apply_dtype)
             v = self.weight.to(work)
             if self.kernel_size == 1:
                 return lot_orthogonalize(v[:, :, 0, 0], iters, self.eps).to(apply_dtype)
@@ -277,7 +273,7 @@ class LOTConv2d(LipschitzModule):
         ``k = 1``: one real (c_out, c_in) matrix. ``k > 1``: (nh * (nw//2 + 1), c_out, c_in) complex, rfft
         half plane in row-major (u, v) order. Cached in eval mode.
         """
-        apply_dtype = _real_dtype(dtype or self._last_dtype or self.weight.dtype)
+        apply_dtype = parametrization_dtype(dtype or self._last_dtype or self.weight.dtype)
         grid = None if self.kernel_size == 1 else self._grid(self._resolve_size(input_size))
         return self._cache.get(lambda: self._compute_weights(grid, apply_dtype), extra=(grid, apply_dtype))
 
@@ -296,10 +292,10 @@ class LOTConv2d(LipschitzModule):
         if x.dim() != 4:
             raise ValueError(f"LOTConv2d expects (N, C, H, W), got {tuple(x.shape)}")
         size = (x.shape[-2], x.shape[-1])
-        apply_dtype = _real_dtype(x.dtype, self.weight.dtype)
+        apply_dtype = parametrization_dtype(x.dtype, self.weight.dtype)
         self.input_size, self._last_dtype = size, apply_dtype
         w = self.realised_weights(size, apply_dtype)
-        with torch.autocast(device_type=x.device.type, enabled=False):
+        with autocast_off(x.device):
             x = x.to(apply_dtype)
             if self.stride > 1:
                 x = F.pixel_unshuffle(x, self.stride)

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._numerics import autocast_off, parametrization_dtype
 from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
 from .shapes import PixelUnshuffle
 
@@ -89,11 +90,6 @@ def cayley(W: torch.Tensor) -> torch.Tensor:
     inv = _inv(eye + U - U.mH + V.mH @ V)
     # (I + A)^-1 (I - A) = 2 (I + A)^-1 - I
     return torch.cat((2.0 * inv - eye, -2.0 * V @ inv), dim=-2)
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    """float64 for float64 weights, float32 otherwise (bf16/fp16 weights are promoted)."""
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 @torch.no_grad()
@@ -155,8 +151,8 @@ class _SandwichMatrix(LipschitzModule):
             self.alpha.copy_(self.weight.norm())
 
     def _compute_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
-            dt = _compute_dtype(self.weight)
+        with autocast_off(self.weight.device):
+            dt = parametrization_dtype(self.weight.dtype)
             w, alpha = self.weight.to(dt), self.alpha.to(dt)
             Q = cayley(alpha * w / w.norm())
             return Q[:, : self.out_features], Q[:, self.out_features :]
@@ -226,7 +222,7 @@ class SandwichLin(_SandwichMatrix):
 
     def _compute_matrix(self) -> torch.Tensor:
         A, B = self._compute_factors()
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+        with autocast_off(self.weight.device):
             return 2.0 * A.t() @ B if self.AB else B
 
     def matrix(self) -> torch.Tensor:
@@ -318,7 +314,7 @@ def _spectral_apply(R: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     n, c, H, W = x.shape
     xf = torch.fft.rfft2(x)  # (N, C, H, W//2+1)
     xr = torch.view_as_real(xf.permute(2, 3, 0, 1)).reshape(-1, n, 2 * c)  # (F, N, 2C)
-    with torch.autocast(device_type=x.device.type, enabled=False):  # small GEMMs: bf16 casts would cost more
+    with autocast_off(x.device):  # small GEMMs: bf16 casts would cost more
         y = torch.bmm(xr, R.to(xr.dtype))
     y = torch.view_as_complex(y.reshape(H, W // 2 + 1, n, -1, 2))
     return torch.fft.irfft2(y.permute(2, 3, 0, 1), s=(H, W))
@@ -393,15 +389,15 @@ class SandwichConv(LipschitzModule):
         """``||W_hat||_F`` over the rfft2 half plane of the grid of ``input_size`` (the authors' initial alpha), for
         this layer's weight or a given ``weight`` of the same shape."""
         w = self.weight if weight is None else weight
-        return _complex_fro_norm(fft_kernel(w.to(_compute_dtype(w)), self._grid(_pair(input_size))))
+        return _complex_fro_norm(fft_kernel(w.to(parametrization_dtype(w.dtype)), self._grid(_pair(input_size))))
 
     def _compute_params(self, grid: _Size) -> dict[str, torch.Tensor]:
         """Factors ``A``, ``B`` (``(F, ...)`` complex, or ``(1, ...)`` real for 1x1 kernels), the realised operators
         ``M1 = sqrt2 B``, ``M2 = sqrt2 A^H`` (rounded once), and the same as the forward pass uses them: real-embedded
         per-frequency matrices ``op1``, ``op2``, or 1x1 conv kernels for 1x1 layers."""
         cout = self.out_channels
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
-            dt = _compute_dtype(self.weight)
+        with autocast_off(self.weight.device):
+            dt = parametrization_dtype(self.weight.dtype)
             if self.kernel_size == 1:
                 # W_f = W for every frequency (no shift, real), so ||W_hat||_F = sqrt(#freq) ||W||_F and
                 # Q_f = Q: the layer is the pointwise (1x1) sandwich, computed without FFTs.

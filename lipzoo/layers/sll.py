@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._numerics import autocast_off
 from .base import LipschitzModule, ParametrizationCache
 
 __all__ = ["SLLConv2d", "SLLLinear"]
@@ -97,7 +98,7 @@ class SLLConv2d(LipschitzModule):
 
     def rescaling(self) -> torch.Tensor:
         """``t`` of the forward pass (float32 or float64, never lower precision)."""
-        with torch.autocast(device_type=self.kernel.device.type, enabled=False):
+        with autocast_off(self.kernel.device):
             kernel, q = _float32_params(self.kernel, self.q)
             q = None if self.q_mode == "exp" else q.abs()
             return _safe_inv(self._ktk_abs_rowsum(kernel, q))
@@ -153,7 +154,7 @@ class SLLLinear(LipschitzModule):
         return _safe_inv((wwt.abs() * q_num.view(1, -1)).sum(dim=1) / q_den)
 
     def rescaling(self) -> torch.Tensor:
-        with torch.autocast(device_type=self.weight.device.type, enabled=False):
+        with autocast_off(self.weight.device):
             weight, q = _float32_params(self.weight, self.q)
             if self.q_mode == "exp":
                 # the authors compute |exp(-q_i) (WW^T)_ij exp(q_j)|

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._numerics import autocast_off
 from .base import LipschitzModule, ParametrizationCache
 from .shapes import ChannelPad, FirstChannels, PixelUnshuffle
 
@@ -66,13 +67,6 @@ def _ff_shapes(c: int, k: int) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(u_i shape, v_i shape) of the four reshapes for a (c, c, k, k) kernel (the authors' state-dict shapes)."""
     return [((1, c, 1, k), (c, 1, k, 1)), ((1, c, k, 1), (c, 1, 1, k)), ((1, c, k, k), (c, 1, 1, 1)),
             ((c, 1, k, k), (1, c, 1, 1))]
-
-
-def _autocast_off(device: torch.device):
-    """Parametrisation math in float32/float64 even under autocast (a no-op on devices without autocast)."""
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
 
 
 def ff_matrices(kernel: torch.Tensor) -> list[torch.Tensor]:
@@ -111,7 +105,7 @@ def conv_exp(
     pad = kernel.shape[-1] // 2
     if x.dtype in (torch.float16, torch.bfloat16):  # autocast activations; never a silent float64 -> float32
         x = x.to(kernel.dtype)
-    with contextlib.nullcontext() if autocast_convs else _autocast_off(x.device):
+    with contextlib.nullcontext() if autocast_convs else autocast_off(x.device):
         return _conv_exp(x, kernel, order, horner, pad)
 
 
@@ -272,7 +266,7 @@ class SOCConv2d(LipschitzModule):
         on the four reshapes of L, in the authors' order (in place on the u/v buffers)."""
         if iters <= 0 or self.weight.is_meta:  # meta tensors (shape-only builds) have no values to iterate on
             return
-        with _autocast_off(self.weight.device):
+        with autocast_off(self.weight.device):
             L = skew_kernel(self._param_for_math())
             if self.float32_norm:
                 # ICML'21 numerics: its float32 norm turns float64 summation-order differences into ~1e-7
@@ -302,7 +296,7 @@ class SOCConv2d(LipschitzModule):
 
     def normalized_kernel(self) -> torch.Tensor:
         """``L_n = correction * L / sigma`` from the stored vectors, float32 (float64 for float64 weights)."""
-        with _autocast_off(self.weight.device):
+        with autocast_off(self.weight.device):
             L = skew_kernel(self._param_for_math())
             sigma = None
             for u, v in self._vectors():
