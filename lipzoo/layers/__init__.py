@@ -1,6 +1,8 @@
 """1-Lipschitz building blocks. A layer knows nothing about models or the hub."""
 from .activations import HouseHolder, HouseHolder2, LipPool, MaxMin, PairMaxPool
+from .aol import AOLConv2d, AOLLinear
 from .base import LipschitzModule, ParametrizationCache, lipschitz_bound_of
+from .cpl import CPLConv2d, CPLLinear
 from .heads import HEAD_RULES, LLN, MLPHead
 from .lot import LOTConv2d, LOTLinear
 from .normalize import InputNormalize
@@ -16,4 +18,5 @@ __all__ = [
     "SOCConv2d", "SOCHead", "LOTConv2d", "LOTLinear",
     "SandwichFc", "SandwichLin", "SandwichConv", "SandwichConv1", "SandwichConv1Lin",
     "SLLConv2d", "SLLLinear",
+    "AOLConv2d", "AOLLinear", "CPLConv2d", "CPLLinear",
 ]

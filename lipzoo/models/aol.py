@@ -1,0 +1,135 @@
+"""AOL networks (Prach & Lampert, "Almost-Orthogonal Layers for Efficient General-Purpose Lipschitz Networks",
+ECCV 2022, arXiv 2208.03160; code berndprach/AOL, TensorFlow).
+
+The paper's AOL-Small / -Medium / -Large are the repo's patch-wise model (``models/patchwise.py``, selected by
+``get_run_setting.py``: ``model_name="patch"``, ``size_parameter`` 16 / 32 / 48 = ``filters_after_downsize``):
+
+``[0,1] image -> 4x4 patches concatenated along channels (3 -> 48 channels at 8x8) -> AOL 1x1 (48 -> 192) ->
+MaxMin -> 12 x [AOL 3x3 (192 -> 192), MaxMin] -> AOL 1x1 (192 -> 192) -> first f channels -> flatten (64 f) ->
+14 AOL dense (64 f -> 64 f) with MaxMin between them -> first num_classes entries``.
+
+MaxMin pairs adjacent channels (the TF code reshapes the last axis into (C/2, 2)). Every part is 1-Lipschitz,
+so the head rule is ``"lipschitz"``: radius ``margin / (sqrt(2) L)``. The input is only centred (std 1, L = 1),
+as lipzoo does for every family without a std in its code. lipzoo's patch extraction is
+``PixelUnshuffle(4)`` (channel ``c*16 + 4*dy + dx``) and flattening is NCHW: both are permutations of the TF
+layouts (``(dy, dx, c)`` and NHWC), so the function class is the same and the bound is unchanged; converting a TF
+checkpoint needs the corresponding permutations.
+
+Proven bound: the product of the AOL layers' realised-weight bounds (each 1 up to float error, see
+:mod:`lipzoo.layers.aol`); MaxMin, unshuffle, truncation and flattening have bound 1.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers.activations import MaxMin
+from ..layers.aol import AOLConv2d, AOLLinear
+from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
+from ..layers.shapes import FirstChannels, PixelUnshuffle
+from ._base import LipschitzClassifier
+from ._builder import ArchInfo, build, default_cfgs_for, register
+
+__all__ = ["AOLNet"]
+
+PAPER = "Prach & Lampert, Almost-Orthogonal Layers for Efficient General-Purpose Lipschitz Networks, ECCV 2022"
+
+
+class AOLNet(LipschitzClassifier):
+    """The AOL paper's patch-wise network (see the module docstring); ``num_classes=100`` uses the CIFAR-100 mean."""
+
+    head_rule = "lipschitz"
+    family = "aol"
+
+    def __init__(
+        self,
+        patch_size: int = 4,
+        encoding_channels: int = 192,
+        n_encoding: int = 12,
+        filters_after_downsize: int = 16,
+        n_dense: int = 14,
+        kernel_size: int = 3,
+        num_classes: int = 10,
+        input_size: int = 32,
+        padding_mode: str = "zeros",
+        mean: tuple[float, float, float] | None = None,
+        **kwargs,
+    ):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"unexpected arguments for AOLNet: {sorted(kwargs)}")
+        if n_dense < 1:
+            raise ValueError("AOLNet needs at least one dense layer (the last one is the head)")
+        side = input_size // patch_size
+        self.num_classes = num_classes
+        self.num_features = filters_after_downsize * side * side
+        if num_classes > self.num_features:
+            raise ValueError(f"num_classes={num_classes} exceeds the dense width {self.num_features}")
+        mean = mean or (CIFAR100_MEAN if num_classes == 100 else CIFAR10_MEAN)
+        self.normalize = InputNormalize(mean, (1.0, 1.0, 1.0))
+        e = encoding_channels
+        layers: list[nn.Module] = [
+            PixelUnshuffle(patch_size),
+            AOLConv2d(3 * patch_size ** 2, e, 1, init="orthogonal"),
+            MaxMin(pairing="adjacent"),
+        ]
+        for _ in range(n_encoding):
+            layers += [AOLConv2d(e, e, kernel_size, padding_mode=padding_mode, init="dirac"),
+                       MaxMin(pairing="adjacent")]
+        layers += [AOLConv2d(e, e, 1, init="dirac"), FirstChannels(filters_after_downsize), nn.Flatten()]
+        for _ in range(n_dense - 1):
+            layers += [AOLLinear(self.num_features, self.num_features, init="identity"), MaxMin(pairing="adjacent")]
+        self.features = nn.Sequential(*layers)
+        self.head = self._make_head(num_classes)
+
+    def _make_head(self, num_classes: int) -> nn.Module:
+        # the last AOL dense layer (full width, identity init) followed by the first num_classes outputs
+        return nn.Sequential(AOLLinear(self.num_features, self.num_features, init="identity"), FirstChannels(num_classes))
+
+
+# name: filters_after_downsize (the repo's size_parameter); everything else at the repo's defaults
+_SIZES = {"aol_s": 16, "aol_m": 32, "aol_l": 48}
+# Compact CPU variant: the same patch-wise structure, narrower encoder and dense part (<= 3M parameters).
+_XS = dict(encoding_channels=96, n_encoding=8, filters_after_downsize=8, n_dense=6)
+
+default_cfgs = default_cfgs_for(list(_SIZES) + ["aol_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
+
+
+def _aol(variant: str, pretrained: bool, **kwargs) -> AOLNet:
+    args = dict(_XS) if variant == "aol_xs" else dict(filters_after_downsize=_SIZES[variant])
+    args.update(kwargs)
+    return build(AOLNet, variant, pretrained, **args)
+
+
+def _info(name: str) -> ArchInfo:
+    if name == "aol_xs":
+        return ArchInfo(name, "aol", PAPER, "compact AOL for 2-core CPU training: the patch-wise AOL network with "
+                        + ", ".join(f"{k}={v}" for k, v in _XS.items()), compact=True)
+    f = _SIZES[name]
+    desc = (f"AOL-{name[4:].upper()} (the paper's patch-wise network): 4x4 patches, 12 AOL 3x3 convs (192 channels), "
+            f"{f} channels kept, 13 AOL dense layers ({64 * f} units) + AOL dense head, first-classes output")
+    return ArchInfo(name, "aol", PAPER, desc,
+                    paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
+
+
+@register(_info("aol_s"))
+def aol_s(pretrained: bool = False, **kwargs) -> AOLNet:
+    """AOL-Small: the paper's patch-wise network, 16 channels after downsizing (1024 dense units)."""
+    return _aol("aol_s", pretrained, **kwargs)
+
+
+@register(_info("aol_m"))
+def aol_m(pretrained: bool = False, **kwargs) -> AOLNet:
+    """AOL-Medium: the paper's patch-wise network, 32 channels after downsizing (2048 dense units)."""
+    return _aol("aol_m", pretrained, **kwargs)
+
+
+@register(_info("aol_l"))
+def aol_l(pretrained: bool = False, **kwargs) -> AOLNet:
+    """AOL-Large: the paper's patch-wise network, 48 channels after downsizing (3072 dense units)."""
+    return _aol("aol_l", pretrained, **kwargs)
+
+
+@register(_info("aol_xs"))
+def aol_xs(pretrained: bool = False, **kwargs) -> AOLNet:
+    """Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."""
+    return _aol("aol_xs", pretrained, **kwargs)
