@@ -25,6 +25,7 @@ channel changes; biases zero. Under autocast the rescaling runs in float32.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -47,8 +48,6 @@ def _param_dtype(t: torch.Tensor) -> torch.Tensor:
 def _autocast_off(device: torch.device):
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device_type=device.type, enabled=False)
-    import contextlib
-
     return contextlib.nullcontext()
 
 

@@ -89,7 +89,7 @@ class AOLNet(LipschitzClassifier):
 # name: filters_after_downsize (the repo's size_parameter); everything else at the repo's defaults
 _SIZES = {"aol_s": 16, "aol_m": 32, "aol_l": 48}
 # Compact CPU variant: the same patch-wise structure, narrower encoder and dense part (<= 3M parameters).
-_XS = dict(encoding_channels=96, n_encoding=8, filters_after_downsize=8, n_dense=6)
+_XS = dict(encoding_channels=96, n_encoding=12, filters_after_downsize=8, n_dense=6)
 
 default_cfgs = default_cfgs_for(list(_SIZES) + ["aol_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
 
