@@ -3,8 +3,8 @@ Perspective for Lipschitz Neural Networks"; code MILES-PSL/Convex-Potential-Laye
 
 Math. ``f(x) = x - h W^T ReLU(W x + b)``, the explicit Euler step of the gradient flow of the convex potential
 ``x -> sum ReLU-antiderivative(W x + b)``. Its Jacobian is ``I - h W^T D W`` with ``D = diag(ReLU') in [0, 1]``:
-symmetric, spectrum in ``[1 - h ||W||_2^2, 1]``. So ``f`` is 1-Lipschitz **iff-for-all-D** ``h <= 2 / ||W||_2^2``
-and in general ``Lip(f) <= max(1, h ||W||_2^2 - 1)``.
+symmetric, spectrum in ``[1 - h ||W||_2^2, 1]``. So ``f`` is 1-Lipschitz whenever ``h <= 2 / ||W||_2^2`` (and
+for a larger ``h`` it is not, where every unit is active), and in general ``Lip(f) <= max(1, h ||W||_2^2 - 1)``.
 
 What lipzoo changes. The paper sets ``h = 2 / (s^2 + 1e-4)`` with ``s`` a *power-iteration estimate* of
 ``||W||_2`` (1 iteration per training step, 100 for eval). Power iteration converges from below, so ``s`` can be
