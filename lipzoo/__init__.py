@@ -3,37 +3,84 @@
 >>> import lipzoo
 >>> model = lipzoo.create_model('sll-xs')              # random weights
 >>> lipzoo.list_models('sll*')
+
+``import lipzoo`` is cheap (it imports neither torch nor timm, so ``lipzoo --help`` answers at once): the public
+API is imported on first use, and every architecture is registered into timm's registry as soon as timm is
+imported (at once if it already is), so ``import lipzoo, timm; timm.create_model('sll_xs')`` works as before.
 """
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
 __version__ = "0.1.0"
 
-from . import models  # noqa: F401  (registers every architecture into timm)
-from ._registry import (
-    NoPretrainedWeightsError,
-    UnknownModelError,
-    create_model,
-    list_models,
-    list_pretrained,
-    model_info,
-    resolve_name,
-)
+from ._errors import LipzooUserError  # noqa: E402  (no torch)
 
 __all__ = [
     "__version__", "create_model", "list_models", "list_pretrained", "model_info", "resolve_name",
-    "UnknownModelError", "NoPretrainedWeightsError",
+    "UnknownModelError", "NoPretrainedWeightsError", "LipzooUserError", "certify", "audit", "verify",
 ]
+
+# public name -> the submodule that defines it (imported on first access)
+_LAZY = {
+    "create_model": "_registry", "list_models": "_registry", "list_pretrained": "_registry",
+    "model_info": "_registry", "resolve_name": "_registry", "UnknownModelError": "_registry",
+    "NoPretrainedWeightsError": "_registry",
+    # certify / audit / verify pull in data and plotting code
+    "certify": "certify", "audit": "audit", "verify": "verify",
+}
+_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "run")
 
 
 def __getattr__(name: str):
-    # certify / audit / verify are imported lazily (they pull in data and plotting code)
-    if name == "certify":
-        from .certify import certify
-        return certify
-    if name == "audit":
-        from .audit import audit
-        return audit
-    if name == "verify":
-        from .verify import verify
-        return verify
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'lipzoo' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
+
+
+# ------------------------------------------------------------------------------- registration into timm
+def _register_with_timm() -> None:
+    """Import ``lipzoo.models``, which registers every architecture in timm's registry (idempotent)."""
+    if "lipzoo.models" not in sys.modules:  # present (maybe half-imported): it registers itself
+        importlib.import_module("lipzoo.models")
+
+
+class _RegisterWhenTimmIsImported(importlib.abc.MetaPathFinder):
+    """A one-shot import hook: after the module ``timm`` has executed, register lipzoo's architectures."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "timm":
+            return None
+        self.remove()
+        spec = importlib.util.find_spec("timm")  # the real finder, now that this one is gone
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then_register(module):
+            exec_module(module)
+            _register_with_timm()
+
+        spec.loader.exec_module = exec_then_register
+        return spec
+
+    def remove(self) -> None:
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+
+
+if "timm" in sys.modules:
+    _register_with_timm()
+elif not any(isinstance(f, _RegisterWhenTimmIsImported) for f in sys.meta_path):
+    sys.meta_path.insert(0, _RegisterWhenTimmIsImported())

@@ -11,17 +11,18 @@ import timm
 import torch
 from torch import nn
 
+from ._errors import LipzooUserError
 from .models._builder import ARCHS, published_weights
 
 __all__ = ["create_model", "list_models", "list_pretrained", "model_info", "resolve_name", "UnknownModelError",
            "NoPretrainedWeightsError"]
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(LipzooUserError, ValueError):
     pass
 
 
-class NoPretrainedWeightsError(ValueError):
+class NoPretrainedWeightsError(LipzooUserError, ValueError):
     pass
 
 
@@ -42,7 +43,7 @@ def resolve_name(name: str) -> str:
     if arch not in ARCHS:
         close = difflib.get_close_matches(arch, list(ARCHS), n=5, cutoff=0.4)
         hint = f" Closest: {', '.join(close)}." if close else ""
-        raise UnknownModelError(f"unknown lipzoo model {name!r}.{hint} See lipzoo.list_models().")
+        raise UnknownModelError(f"unknown lipzoo model {name!r}.{hint} See lipzoo.list_models() or `lipzoo list`.")
     return f"{arch}.{tag}" if tag else arch
 
 

@@ -1,4 +1,10 @@
-"""The ``lipzoo`` console command. Subcommands live in ``lipzoo/_cli/<group>.py`` (``register(subparsers)``)."""
+"""The ``lipzoo`` console command. Subcommands live in ``lipzoo/_cli/<group>.py`` (``register(subparsers)``).
+
+Building the parser imports neither torch nor timm (``lipzoo --help`` answers at once); each command imports what
+it needs when it runs. A mistake the user can fix (an unknown model or recipe, a missing or unreadable file, weights
+that do not fit the model, an output folder that exists ...) ends in one line on stderr and exit code 2; ``--debug``
+(anywhere on the command line) or ``LIPZOO_DEBUG=1`` shows the full traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +16,7 @@ _GROUPS = ("core", "certify", "train", "hub")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lipzoo", description="Certifiably robust 1-Lipschitz CNNs: zoo, hub, certifier")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the command line; also LIPZOO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in _GROUPS:
         try:
@@ -23,12 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ._errors import EXIT_USER_ERROR, debug_requested, run_reporting_user_errors
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
+    argv = [a for a in argv if a != "--debug"]  # accepted before or after the subcommand
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return EXIT_USER_ERROR
+    return run_reporting_user_errors(f"lipzoo {args.command}", lambda: args.func(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +74,16 @@ def _evaluate_random(n: int | None, data_root: str | None) -> int:
 
 
 def main_job(n: int | None = None, data_root: str | None = None) -> int:
+    """``n``: evaluate on the first ``n`` test images only; ``data_root``: the CIFAR-10 folder (default: LIPZOO_DATA,
+    ../shared/data, download). Both apply with and without published weights."""
+    from ._errors import LipzooUserError
+
+    if n is not None and n <= 0:
+        raise LipzooUserError(f"--n {n}: pass a positive number of test images")
+    if data_root is not None:
+        from .data import find_root
+
+        find_root("cifar10", data_root)  # a folder without CIFAR-10 fails now, with what to do, not after the download
     _print_registry()
     best = _best_published()
     if best is None:
@@ -82,6 +93,8 @@ def main_job(n: int | None = None, data_root: str | None = None) -> int:
     print(f"\nstarting the local hub on 127.0.0.1 (serving {REPO_ROOT / 'hub'}) ...")
     with LocalHub(root=REPO_ROOT / "hub") as hub:
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint)
+        if data_root is not None:
+            env["LIPZOO_DATA"] = str(Path(data_root).resolve())
         print(f"HF_ENDPOINT={hub.endpoint}")
         return _download_and_verify_in_subprocess(best, env, n)
 
@@ -91,9 +104,39 @@ def _download_and_verify_in_subprocess(name: str, env: dict[str, str], n: int | 
     import subprocess
     import sys
 
-    code = (
-        "import lipzoo, sys\n"
-        "from lipzoo.hub.download import download_and_report\n"
-        f"sys.exit(download_and_report({name!r}))\n"
-    )
+    code = f"import sys\nfrom lipzoo.run import download_and_evaluate\nsys.exit(download_and_evaluate({name!r}, {n!r}))\n"
     return subprocess.call([sys.executable, "-c", code], env=env)
+
+
+def download_and_evaluate(name: str, n: int | None = None) -> int:
+    """Download ``name`` and report (:func:`lipzoo.hub.download.download_and_report`); without ``n`` the claims are
+    verified on the full test set on first download. With ``n``: the download is sha256-checked but not verified,
+    and the first ``n`` test images are certified and shown beside the claims (a spot check, not a verification)."""
+    from .hub.download import download_and_report
+
+    rc = download_and_report(name, verify=False if n is not None else None)
+    if rc or n is None:
+        return rc
+    import lipzoo
+    from .certify import certify, eps_label
+    from .data import CIFAR
+    from .models._builder import published_weights
+
+    model = lipzoo.create_model(name, pretrained=True, verify=False).eval()  # from the local cache
+    full = f"{model.pretrained_cfg.get('architecture')}.{model.pretrained_cfg.get('tag')}"
+    claims = published_weights().get(full, {}).get("claims") or {}
+    x, y = CIFAR(claims.get("dataset", "cifar10"), "test").tensors(np.arange(n))
+    t = time.time()
+    res = certify(model, x, y)
+    print(f"\n{full} on the first {res.n} test images ({time.time() - t:.1f} s; claims are for the full test set: "
+          f"a spot check, not a verification)")
+    print(f"  clean accuracy          claimed {_pct(claims.get('clean_accuracy'))}  measured {_pct(res.clean_accuracy)}")
+    claimed = claims.get("certified_accuracy") or {}
+    for eps, acc in res.certified_accuracy.items():
+        label = eps_label(float(eps))
+        print(f"  certified at {label:9s}  claimed {_pct(claimed.get(label))}  measured {_pct(acc)}")
+    return 0
+
+
+def _pct(x) -> str:
+    return "     —" if x is None else f"{100 * float(x):6.2f}%"

@@ -7,12 +7,19 @@ import sys
 from pathlib import Path
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, random_init: bool = True) -> None:
+    from ..convert import CHECKPOINT_FORMATS  # no torch: the parser stays cheap
+
     p.add_argument("model", help="architecture (sll_xs) or published weights (sll_xs.cifar10)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", default=None, help="a local checkpoint (.safetensors, or --checkpoint-format)")
     src.add_argument("--pretrained", action="store_true", help="download the published weights")
-    p.add_argument("--checkpoint-format", default=None, help="authors' format: sll, sll-legacy, lbdn, soc, soc-improved, lot")
+    if random_init:
+        src.add_argument("--random-init", action="store_true",
+                         help="use randomly initialised weights on purpose (otherwise a model without --pretrained "
+                              "or --checkpoint is refused)")
+    p.add_argument("--checkpoint-format", default=None, choices=sorted(CHECKPOINT_FORMATS),
+                   help="the authors' format of --checkpoint (default: a lipzoo .safetensors state dict)")
     p.add_argument("--dataset", choices=("cifar10", "cifar100"), default=None,
                    help="default: from the claims (verify), else cifar10")
     p.add_argument("--data", default=None, help="dataset root (default: LIPZOO_DATA, ../shared/data, download)")
@@ -21,13 +28,35 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
 
 
+def _weights_source(args: argparse.Namespace) -> str:
+    """``'pretrained'``, ``'checkpoint'`` or ``'random'``; refuses a model without a stated source of weights, and
+    checks the combination of options before anything slow is loaded."""
+    from .._errors import LipzooUserError
+
+    tagged = "." in args.model
+    if args.checkpoint_format and not args.checkpoint:
+        raise LipzooUserError(f"--checkpoint-format {args.checkpoint_format} needs --checkpoint FILE")
+    if args.checkpoint:
+        return "checkpoint"
+    if getattr(args, "random_init", False):
+        if tagged:
+            raise LipzooUserError(f"--random-init with {args.model}, the name of published weights: pass the "
+                                  f"architecture ({args.model.split('.')[0]}) for random weights")
+        return "random"
+    if args.pretrained or tagged:
+        return "pretrained"
+    also = ", or --random-init to evaluate untrained weights on purpose" if hasattr(args, "random_init") else ""
+    raise LipzooUserError(f"{args.model} has no weights to {args.command}: pass --pretrained (the published weights), "
+                          f"--checkpoint FILE{also}")
+
+
 def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = True):
     import lipzoo
     from lipzoo.data import NUM_CLASSES
 
     kwargs = {}
     # 'arch.tag' names published weights: download them unless a local checkpoint is given
-    pretrained = args.pretrained or ("." in args.model and not args.checkpoint)
+    pretrained = _weights_source(args) == "pretrained"
     if not pretrained:
         kwargs["num_classes"] = NUM_CLASSES[dataset]
     else:
@@ -64,11 +93,12 @@ def _images(args: argparse.Namespace, dataset: str):
 def _certify(args: argparse.Namespace) -> int:
     from lipzoo.certify import DEFAULT_EPS, certify, parse_eps, plot_certified_accuracy
 
+    _weights_source(args)
+    eps = tuple(parse_eps(e) for e in args.eps) if args.eps else DEFAULT_EPS  # a bad --eps fails before the model loads
     _setup(args)
     dataset = args.dataset or "cifar10"
     model = _load_model(args, dataset)
     x, y = _images(args, dataset)
-    eps = tuple(parse_eps(e) for e in args.eps) if args.eps else DEFAULT_EPS
     result = certify(model, x, y, eps=eps, batch_size=args.batch_size, dtype=_dtype(args), progress=not args.quiet)
     subset = "full" if args.n is None else f"first_{len(y)}"
     claims = result.to_claims(dataset=dataset, split=args.split, subset=subset)
@@ -93,6 +123,7 @@ def _certify(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from lipzoo.audit import audit
 
+    _weights_source(args)
     _setup(args)
     dataset = args.dataset or "cifar10"
     model = _load_model(args, dataset)
@@ -108,11 +139,47 @@ def _audit(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- verify
-def _verify(args: argparse.Namespace) -> int:
-    from lipzoo.verify import load_claims, verify
+def _read_claims(path: str) -> dict:
+    """A claims record from ``path``: claims.json, a results.json holding ``claims``, or a published config.json
+    (its ``lipzoo.claims``)."""
+    from .._errors import LipzooUserError
+    from ..verify import load_claims
 
+    text = Path(path).read_text()
+    try:
+        record = json.loads(text)
+    except ValueError as e:
+        raise LipzooUserError(f"--claims {path} is not a JSON file ({e})") from e
+    if isinstance(record, dict) and isinstance(record.get("lipzoo"), dict) and isinstance(record["lipzoo"].get("claims"), dict):
+        record = record["lipzoo"]["claims"]  # a hub config.json
+    try:
+        return load_claims(record)
+    except ValueError as e:
+        raise LipzooUserError(f"--claims {path}: {e}; pass a claims.json, a results.json or a published config.json") from e
+
+
+def _published_claims(args: argparse.Namespace) -> dict:
+    """The claims published with the weights ``args.model`` names (``arch.tag``, or ``arch --pretrained``)."""
+    from .._errors import LipzooUserError
+    from .._registry import _pretrained_tag, resolve_name
+    from ..models._builder import published_weights
+
+    if args.checkpoint:
+        raise LipzooUserError("verify --checkpoint needs --claims (claims.json, results.json or config.json): "
+                              "a local checkpoint has no published claims")
+    name = _pretrained_tag(resolve_name(args.model))
+    claims = published_weights().get(name, {}).get("claims")
+    if not claims:
+        raise LipzooUserError(f"no claims are published for {name}: pass --claims")
+    return dict(claims)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from lipzoo.verify import verify
+
+    _weights_source(args)
+    claims = _read_claims(args.claims) if args.claims else _published_claims(args)
     _setup(args)
-    claims = load_claims(args.claims)
     dataset = args.dataset or claims.get("dataset", "cifar10")
     if dataset != claims.get("dataset", dataset):
         print(f"lipzoo verify: --dataset {dataset} but the claims are for {claims.get('dataset')}", file=sys.stderr)
@@ -159,8 +226,10 @@ def register(sub) -> None:
 
     p = sub.add_parser("verify", help="re-certify and compare with a claims record (results.json, claims.json); "
                                       "exit code 1 if a claim fails")
-    _add_model_args(p)
-    p.add_argument("--claims", required=True, help="claims.json, or a results.json holding 'claims'")
+    _add_model_args(p, random_init=False)
+    p.add_argument("--claims", default=None,
+                   help="claims.json, a results.json holding 'claims', or a published config.json (default: the "
+                        "claims published with the weights MODEL names)")
     p.add_argument("--quick", action="store_true",
                    help="1000-image stratified subset, 99.9%% Clopper-Pearson test (default: full split, 0.1 pp)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the verification report")

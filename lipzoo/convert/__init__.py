@@ -11,11 +11,15 @@ Each family registers a converter module ``lipzoo.convert._<family>`` with
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from .._errors import LipzooUserError
+
+if TYPE_CHECKING:  # torch is imported on use: the command line reads CHECKPOINT_FORMATS before it loads torch
+    import torch
+    from torch import nn
 
 __all__ = ["from_reference", "load_checkpoint", "CHECKPOINT_FORMATS", "ConversionError"]
 
@@ -30,8 +34,8 @@ CHECKPOINT_FORMATS = {
 _FAMILY_MODULES = {"sll": "_sll", "sandwich": "_sandwich", "soc": "_soc", "improved": "_soc", "lot": "_lot"}
 
 
-class ConversionError(ValueError):
-    pass
+class ConversionError(LipzooUserError, ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model; the message names the file."""
 
 
 def _converter(module_name: str):
@@ -47,17 +51,65 @@ def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.M
     return _converter(_FAMILY_MODULES[family]).from_reference(spec, state)
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (``None`` if its layout looks right): an 8-byte
+    little-endian header length, a JSON header, then the tensor bytes the header's ``data_offsets`` describe."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"not a safetensors file ({size} bytes, shorter than a safetensors header)"
+        n = int.from_bytes(head, "little")
+        first = f.read(1)
+        if first != b"{" or n > 100 * 2**20:
+            return "not a safetensors file (no safetensors header at its start)"
+        if 8 + n > size:
+            return f"a truncated safetensors file (its header alone is {8 + n} bytes, the file has {size})"
+        try:
+            header = json.loads(first + f.read(n - 1))
+        except ValueError:
+            return "not a safetensors file (its header is not JSON)"
+    ends = [int(v["data_offsets"][1]) for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and len(v.get("data_offsets") or ()) == 2]
+    if 8 + n + max(ends, default=0) > size:
+        return f"a truncated safetensors file ({8 + n + max(ends)} bytes expected, the file has {size})"
+    return None
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 100 * 2**20
+
+
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
+    import torch
+
+    if path.is_dir():
+        if not (path / "model.safetensors").is_file():
+            raise ConversionError(f"checkpoint {path} is a folder without model.safetensors: pass the weights file")
+        path = path / "model.safetensors"
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        problem = _safetensors_problem(path)
+        if problem is not None:
+            hint = ("copy or download it again" if "truncated" in problem else
+                    "pass a lipzoo .safetensors state dict, or --checkpoint-format for an authors' checkpoint")
+            raise ConversionError(f"checkpoint {path} is {problem}: {hint}")
+        try:
+            return load_file(str(path))
+        except SafetensorError as e:
+            raise ConversionError(f"checkpoint {path} is not a readable safetensors file ({e})") from e
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConversionError(
-            f"{path} could not be loaded with torch.load(weights_only=True) ({type(e).__name__}: {e}). lipzoo never "
-            "unpickles arbitrary objects; re-save the checkpoint as a plain state dict or as .safetensors"
+            f"checkpoint {path} could not be read with torch.load(weights_only=True) ({type(e).__name__}: {first}): "
+            "it is truncated, not a checkpoint, or holds pickled objects, which lipzoo never unpickles; pass a "
+            "lipzoo .safetensors file or a plain state dict"
         ) from e
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
@@ -65,7 +117,7 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConversionError(f"{path} does not hold a state dict of tensors")
+        raise ConversionError(f"checkpoint {path} does not hold a state dict of tensors")
     return obj
 
 
@@ -78,15 +130,32 @@ def load_checkpoint(model: nn.Module, path: str | Path, checkpoint_format: str |
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if checkpoint_format is not None and checkpoint_format not in CHECKPOINT_FORMATS:
+        raise ConversionError(f"unknown checkpoint_format {checkpoint_format!r}; one of {sorted(CHECKPOINT_FORMATS)}")
     state = _read_state(path)
     if checkpoint_format is not None:
-        if checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ConversionError(f"unknown checkpoint_format {checkpoint_format!r}; one of {sorted(CHECKPOINT_FORMATS)}")
         state = _converter(CHECKPOINT_FORMATS[checkpoint_format]).convert_state_dict(state, checkpoint_format, model)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    what = _describe(model)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches: another class count or another width
+        sizes = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        raise ConversionError(
+            f"checkpoint {path} does not fit {what}: {sizes[0] if sizes else str(e).splitlines()[0]}"
+            f"{f' (and {len(sizes) - 1} more)' if len(sizes) > 1 else ''}; it was trained for another architecture "
+            "or number of classes (--dataset / num_classes)"
+        ) from e
     if strict and (missing or unexpected):
         raise ConversionError(
-            f"checkpoint {path} does not match {type(model).__name__}: missing keys {missing[:8]}, unexpected "
+            f"checkpoint {path} does not match {what}: missing keys {missing[:8]}, unexpected "
             f"keys {unexpected[:8]}" + ("" if checkpoint_format else "; pass checkpoint_format= for an authors' checkpoint")
         )
     return model
+
+
+def _describe(model: nn.Module) -> str:
+    """``'sll_xs (10 classes)'``: the architecture and class count a checkpoint must fit."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch = cfg.get("architecture") or type(model).__name__
+    n = getattr(model, "num_classes", None)
+    return f"{arch} ({n} classes)" if isinstance(n, int) else str(arch)
