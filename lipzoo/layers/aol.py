@@ -25,14 +25,13 @@ channel changes; biases zero. Under autocast the rescaling runs in float32.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import float_rounding_slack
+from .._numerics import autocast_off, float_rounding_slack, parametrization_dtype
 from .base import LipschitzModule, ParametrizationCache
 
 __all__ = ["AOLConv2d", "AOLLinear", "aol_dense_scaling", "aol_conv_scaling", "conv_autocorrelation"]
@@ -42,13 +41,7 @@ _EPS = 1e-6  # the authors' epsilon under the square root
 
 def _param_dtype(t: torch.Tensor) -> torch.Tensor:
     """Parametrisations run in float32 or float64, never in a reduced precision."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def _autocast_off(device: torch.device):
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+    return t.to(parametrization_dtype(t.dtype))
 
 
 def conv_autocorrelation(kernel: torch.Tensor) -> torch.Tensor:
@@ -130,7 +123,7 @@ class AOLConv2d(LipschitzModule):
 
     def rescaled_weight(self) -> torch.Tensor:
         """The kernel the forward uses, ``P * d`` over input channels (float32/float64, even under autocast)."""
-        with _autocast_off(self.weight.device):
+        with autocast_off(self.weight.device):
             p = _param_dtype(self.weight)
             return p * aol_conv_scaling(p, self.eps).view(1, -1, 1, 1)
 
@@ -196,7 +189,7 @@ class AOLLinear(LipschitzModule):
             nn.init.zeros_(self.bias)
 
     def rescaled_weight(self) -> torch.Tensor:
-        with _autocast_off(self.weight.device):
+        with autocast_off(self.weight.device):
             p = _param_dtype(self.weight)
             return p * aol_dense_scaling(p, self.eps).view(1, -1)
 

@@ -30,14 +30,13 @@ most ~1 + 1e-5 in training mode.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import float_rounding_slack
+from .._numerics import autocast_off, float_rounding_slack, parametrization_dtype
 from .base import LipschitzModule, ParametrizationCache
 from .soc import spectral_norm_upper
 
@@ -47,13 +46,8 @@ Size2 = tuple[int, int]
 
 
 def _param_dtype(t: torch.Tensor) -> torch.Tensor:
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-def _autocast_off(device: torch.device):
-    if torch.amp.is_autocast_available(device.type):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()
+    """Parametrisations run in float32 or float64, never in a reduced precision."""
+    return t.to(parametrization_dtype(t.dtype))
 
 
 def _as_size2(size: int | Size2) -> Size2:
@@ -120,7 +114,7 @@ class _CPLBase(LipschitzModule):
         """``h`` of the current mode, as a 0-d tensor of ``dtype`` (train: float32/float64 differentiable;
         eval: from the proven float64 bound, rounded down)."""
         if self.training:
-            with _autocast_off(self.kernel_param.device):
+            with autocast_off(self.kernel_param.device):
                 s2 = self._sq_norm_train(size)
                 return (2.0 / s2).to(dtype)
         return self._cache.get(lambda: self._eval_step(size, dtype), extra=(size, dtype))
