@@ -59,6 +59,8 @@ class AOLNet(LipschitzClassifier):
             raise TypeError(f"unexpected arguments for AOLNet: {sorted(kwargs)}")
         if n_dense < 1:
             raise ValueError("AOLNet needs at least one dense layer (the last one is the head)")
+        if filters_after_downsize > encoding_channels or encoding_channels % 2:
+            raise ValueError("AOLNet needs an even encoding_channels >= filters_after_downsize (MaxMin pairs channels)")
         side = input_size // patch_size
         self.num_classes = num_classes
         self.num_features = filters_after_downsize * side * side
