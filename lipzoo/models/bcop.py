@@ -1,0 +1,75 @@
+"""BCOP networks (Li et al., "Preventing Gradient Attenuation in Lipschitz Constrained Convolutional Networks",
+NeurIPS 2019; authors' code ColinQiyangLi/LConvNet).
+
+* ``bcop_kwlarge``: KW-Large (:mod:`lipzoo.models._kwlarge`) with BCOP convolutions
+  (:class:`~lipzoo.layers.bcop.BCOPConv2d`, circular) and Bjorck dense layers (:class:`~lipzoo.layers.bcop.BjorckLinear`),
+  as Trockman & Kolter (ICLR 2021) train BCOP (their ``--conv BCOP --linear BjorckLinear``, the LConvNet layers behind
+  their ``StridedConv``); GroupSort; Bjorck head (head rule "lipschitz"); mean-only normalisation (bound 1).
+* ``bcop_xs``: the compact CPU variant (same skeleton, narrower dense part, fewer Bjorck iterations in training).
+
+``lipschitz_bound()`` is proven and never assumes orthogonality: Bjorck stops after finitely many iterations, so every
+layer's bound is the exact float64 norm of its realised operator (circular convolutions: max over the frequencies of
+the input grid of the per-frequency spectral norm; dense layers: the spectral norm), plus float64 rounding slack.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from ..layers.bcop import BCOPConv2d, BjorckLinear
+from ..layers.normalize import CIFAR10_MEAN
+from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._kwlarge import KWLargeNet
+
+__all__ = ["BCOPKWLarge"]
+
+PAPER = ("Li, Haque, Anil, Lucas, Grosse & Jacobsen, Preventing Gradient Attenuation in Lipschitz Constrained "
+         "Convolutional Networks, NeurIPS 2019")
+
+
+class BCOPKWLarge(KWLargeNet):
+    """KW-Large with BCOP convolutions and Bjorck dense layers (arguments: :class:`~lipzoo.models._kwlarge.KWLargeNet`;
+    ``layer_kwargs`` such as ``bjorck_iters`` / ``eval_bjorck_iters`` go to every layer)."""
+
+    family = "bcop"
+
+    def make_conv(self, c_in: int, c_out: int, kernel_size: int, stride: int, input_size: int) -> nn.Module:
+        return BCOPConv2d(c_in, c_out, kernel_size, stride, input_size=input_size, **self._layer_kwargs)
+
+    def make_linear(self, in_features: int, out_features: int) -> nn.Module:
+        return BjorckLinear(in_features, out_features, **self._layer_kwargs)
+
+
+# KW-Large, width factor 1; Bjorck: 20 iterations in training and eval (LConvNet's default)
+_KWLARGE = dict(channels=(32, 64), dense=(512, 512), layer_kwargs=dict(bjorck_iters=20, eval_bjorck_iters=20))
+# Compact CPU variant: KW-Large convolutions, dense 256/256, fewer Bjorck iterations in training (the bound is
+# measured on the realised operators, so this trades speed for orthogonality, never soundness)
+_XS = dict(channels=(32, 64), dense=(256, 256), layer_kwargs=dict(bjorck_iters=8, eval_bjorck_iters=20))
+
+default_cfgs = default_cfgs_for(["bcop_kwlarge", "bcop_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
+
+
+def _bcop(variant: str, pretrained: bool, **kwargs) -> BCOPKWLarge:
+    base = _XS if variant == "bcop_xs" else _KWLARGE
+    args = dict(base, layer_kwargs=dict(base["layer_kwargs"]))
+    args.update(kwargs)
+    return build(BCOPKWLarge, variant, pretrained, **args)
+
+
+@register(ArchInfo(
+    "bcop_kwlarge", "bcop", PAPER,
+    "KW-Large (w=1) with BCOP convs 3->32, 32->32 (stride 2), 32->64, 64->64 (stride 2), GroupSort, Bjorck dense "
+    "4096->512->512, Bjorck head (as trained with BCOP by Trockman & Kolter, ICLR 2021); 20 Bjorck iterations",
+    paper_params_note="no verified published parameter count (the papers' tables were not checked); lipzoo reports "
+                      "sum(p.numel())"))
+def bcop_kwlarge(pretrained: bool = False, **kwargs) -> BCOPKWLarge:
+    """KW-Large (width factor 1) with BCOP convolutions and Bjorck dense layers."""
+    return _bcop("bcop_kwlarge", pretrained, **kwargs)
+
+
+@register(ArchInfo(
+    "bcop_xs", "bcop", PAPER,
+    "compact BCOP for 2-core CPU training: the KW-Large BCOP convolutions (32, 64) with Bjorck dense 4096->256->256, "
+    "Bjorck head; 8 Bjorck iterations in training, 20 in eval", compact=True))
+def bcop_xs(pretrained: bool = False, **kwargs) -> BCOPKWLarge:
+    """Compact BCOP network for CPU training: KW-Large convolutions, narrower dense layers."""
+    return _bcop("bcop_xs", pretrained, **kwargs)
