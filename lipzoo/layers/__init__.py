@@ -2,6 +2,8 @@
 from .activations import HouseHolder, HouseHolder2, LipPool, MaxMin, PairMaxPool
 from .aol import AOLConv2d, AOLLinear
 from .base import LipschitzModule, ParametrizationCache, lipschitz_bound_of
+from .bcop import BCOPConv2d, BjorckLinear
+from .cayley import CayleyConv2d, CayleyLinear
 from .cpl import CPLConv2d, CPLLinear
 from .heads import HEAD_RULES, LLN, MLPHead
 from .lot import LOTConv2d, LOTLinear
@@ -19,4 +21,5 @@ __all__ = [
     "SandwichFc", "SandwichLin", "SandwichConv", "SandwichConv1", "SandwichConv1Lin",
     "SLLConv2d", "SLLLinear",
     "AOLConv2d", "AOLLinear", "CPLConv2d", "CPLLinear",
+    "CayleyConv2d", "CayleyLinear", "BCOPConv2d", "BjorckLinear",
 ]
