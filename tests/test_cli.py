@@ -104,6 +104,24 @@ def test_the_python_api_names_the_file_of_a_broken_safetensors_checkpoint(checkp
         lipzoo.create_model("sll_xs", checkpoint_path=checkpoints["garbage"])
 
 
+def test_a_run_folder_is_read_through_its_model_safetensors(capsys, checkpoints, tmp_path):
+    import shutil
+
+    import torch
+
+    import lipzoo
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rc, _, err = _cli(capsys, "certify", "sll_xs", "--checkpoint", str(run), "--n", "4")
+    _assert_user_error(rc, err, str(run), "without model.safetensors")
+    shutil.copy(checkpoints["sll_xs"], run / "model.safetensors")
+    model = lipzoo.create_model("sll_xs", checkpoint_path=run)
+    torch.manual_seed(0)
+    reference = lipzoo.create_model("sll_xs")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
 def test_a_wrong_checkpoint_format_is_refused_by_argparse_up_front(capsys, checkpoints, monkeypatch):
     import lipzoo._cli.certify as cli_certify
 

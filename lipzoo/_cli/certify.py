@@ -45,9 +45,10 @@ def _weights_source(args: argparse.Namespace) -> str:
         return "random"
     if args.pretrained or tagged:
         return "pretrained"
-    also = ", or --random-init to evaluate untrained weights on purpose" if hasattr(args, "random_init") else ""
-    raise LipzooUserError(f"{args.model} has no weights to {args.command}: pass --pretrained (the published weights), "
-                          f"--checkpoint FILE{also}")
+    ways = ["--pretrained (the published weights)", "--checkpoint FILE"]
+    if hasattr(args, "random_init"):
+        ways.append("--random-init (untrained weights, on purpose)")
+    raise LipzooUserError(f"{args.model} has no weights to {args.command}: pass {', '.join(ways[:-1])} or {ways[-1]}")
 
 
 def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = True):
