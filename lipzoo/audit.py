@@ -222,8 +222,9 @@ def _pair_ascent(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, st
 
 
 def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: torch.Tensor, steps: int,
-               restarts: int, seed: int) -> dict[str, Any]:
-    """PGD-l2 with a margin loss inside each point's own radius; counts prediction changes at any iterate."""
+               restarts: int, seed: int, tick: Callable[[], Any] = lambda: None) -> dict[str, Any]:
+    """PGD-l2 with a margin loss inside each point's own radius; counts prediction changes at any iterate.
+    ``tick()`` is called after every step."""
     n = len(x)
     flipped = torch.zeros(n, dtype=torch.bool)
     closest = torch.ones(n, dtype=torch.float64)
@@ -261,6 +262,7 @@ def _pgd_probe(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, radius: to
                 closest = torch.minimum(closest, m.double().cpu() / m0)
                 d = d + step * g / g.norm(dim=1, keepdim=True).clamp_min(1e-30)
                 d = d * torch.clamp(r / d.norm(dim=1, keepdim=True).clamp_min(1e-30), max=1.0)
+            tick()
         with torch.no_grad():
             z = model(image(d))
             flipped |= (z.argmax(1) != pred).cpu()
@@ -305,6 +307,7 @@ def audit(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     rounding: bool = True,
+    progress: bool = False,
 ) -> AuditReport:
     """Audit ``model`` (see the module docstring) on test ``images`` in [0, 1] (N, C, H, W).
 
@@ -312,7 +315,8 @@ def audit(
     radius (correct ones only when ``labels`` are given) are attacked with ``pgd_steps`` x ``restarts`` PGD-l2.
     ``pair_steps`` Adam steps search for a large ``||F(x) - F(y)|| / ||x - y||``. ``dtype`` float64 audits in float64
     (tighter layer estimates). ``rounding=False`` skips the float32-vs-float64 check (it recomputes every
-    parametrisation in float64). The defaults are CI-sized; ``lipzoo audit`` uses larger ones.
+    parametrisation in float64). The defaults are CI-sized; ``lipzoo audit`` uses larger ones. ``progress`` shows a
+    bar per phase (layers, whole map, PGD, rounding) on stderr.
 
     The model is audited in eval mode with its parameters frozen (gradients flow only to the inputs); its
     modes and ``requires_grad`` flags are restored afterwards and its weights are never written. It runs in the
@@ -328,7 +332,7 @@ def audit(
     # current parameters (a cache never vouches for an audit)
     with _frozen(model), certification_context():
         return _audit(model, images, labels, n_probe, power_iters, pgd_steps, restarts, n_attack, pair_steps, deep,
-                      rtol, dtype, seed, rounding)
+                      rtol, dtype, seed, rounding, progress)
 
 
 @contextlib.contextmanager
@@ -349,7 +353,9 @@ def _frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, n_probe: int, power_iters: int,
            pgd_steps: int, restarts: int, n_attack: int, pair_steps: int, deep: bool, rtol: float,
-           dtype: torch.dtype, seed: int, rounding: bool) -> AuditReport:
+           dtype: torch.dtype, seed: int, rounding: bool, progress: bool = False) -> AuditReport:
+    from . import _progress
+
     params = list(model.parameters())
     device = params[0].device if params else torch.device("cpu")
     images = images.to(device=device, dtype=dtype)
@@ -362,6 +368,8 @@ def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
     seconds: dict[str, float] = {}
 
     clock = time.perf_counter()
+    phases = _progress.bar(4, "audit", show=progress, unit="phase")
+    phases.set_postfix_str("layer bounds vs power iteration")
     top = [(n, float(b)) for n, b in model.layer_bounds()] if callable(getattr(model, "layer_bounds", None)) else []
     checks = _check_layers(model, _modules_to_check(model, top, deep), probe, power_iters, rtol, seed)
     problems += [f"layer {c.name}: power iteration found ||J|| = {c.estimate:.7g} > declared bound {c.declared:.7g}"
@@ -370,6 +378,8 @@ def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
     if product > bound * (1 + 1e-9):
         problems.append(f"model.lipschitz_bound() = {bound:.7g} is below the product of its parts' bounds {product:.7g}")
     seconds["layers"], clock = time.perf_counter() - clock, time.perf_counter()
+    phases.update()
+    phases.set_postfix_str("whole certified map")
 
     fmap = _certified_map(model)
     model_est = float(jacobian_norm(fmap, probe, power_iters, seed).max())
@@ -380,17 +390,23 @@ def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
         problems.append(f"the certified map ({'logits' if rule == 'lipschitz' else 'features'}) has a local "
                         f"Lipschitz constant >= {model_est:.7g} > declared {bound:.7g}")
     seconds["model"], clock = time.perf_counter() - clock, time.perf_counter()
+    phases.update()
+    phases.set_postfix_str(f"PGD inside the certified radii ({restarts} x {pgd_steps} steps)")
 
-    pgd = _check_pgd(model, images, labels, n_attack, pgd_steps, restarts, dtype, bound, seed)
+    pgd = _check_pgd(model, images, labels, n_attack, pgd_steps, restarts, dtype, bound, seed, progress)
     if pgd["n_violations"]:
         problems.append(f"PGD changed the prediction of {pgd['n_violations']} of {pgd['n_attacked']} points "
                         f"inside their certified radius (indices {pgd['violating_indices'][:10]})")
     seconds["pgd"], clock = time.perf_counter() - clock, time.perf_counter()
+    phases.update()
+    phases.set_postfix_str("float32 vs float64 logits")
 
     rounded = _rounding_check(model, probe) if dtype == torch.float32 and rounding else {"checked": False}
     if rounded.get("checked") and not rounded["ok"]:
         problems.append(f"float32 logit error is {rounded['worst_ratio']:.3g}x the certifier's rounding slack")
     seconds["rounding"] = time.perf_counter() - clock
+    phases.update()
+    phases.close()
 
     report = AuditReport(rule, bound, checks, product, model_est, model_ok, pgd, rounded, rtol, problems,
                          {k: round(v, 3) for k, v in seconds.items()})
@@ -418,14 +434,18 @@ def _check_layers(model: nn.Module, modules: list[tuple[str, nn.Module, float]],
 
 
 def _check_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, n_attack: int, steps: int,
-               restarts: int, dtype: torch.dtype, bound: float, seed: int) -> dict[str, Any]:
+               restarts: int, dtype: torch.dtype, bound: float, seed: int, progress: bool = False) -> dict[str, Any]:
     radii, pred = certified_radius(model, images, dtype=dtype, return_predictions=True, lipschitz_bound=bound)
     sel = radii > 0
     if labels is not None:
         sel &= pred == torch.as_tensor(labels).long().cpu()[: len(pred)]
     idx = sel.nonzero().flatten()[:n_attack]
     dev = images.device
-    pgd = _pgd_probe(model, images[idx.to(dev)], pred[idx].to(dev), radii[idx].to(dev), steps, restarts, seed)
+    from . import _progress
+
+    with _progress.bar(restarts * steps, f"PGD on {len(idx)} points", show=progress, unit="step") as bar:
+        pgd = _pgd_probe(model, images[idx.to(dev)], pred[idx].to(dev), radii[idx].to(dev), steps, restarts, seed,
+                         bar.update)
     pgd["violating_indices"] = [int(idx[i]) for i in pgd["violating_indices"]]
     pgd["radius_median"] = float(radii[idx].median()) if len(idx) else 0.0
     return pgd

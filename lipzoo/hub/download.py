@@ -312,12 +312,16 @@ def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def _measure(model: nn.Module, claims: Mapping[str, Any], mode: str, name: str) -> Any:
-    """``lipzoo.verify.verify`` of ``model`` in eval mode (its training flag is restored afterwards)."""
+    """``lipzoo.verify.verify`` of ``model`` in eval mode (its training flag is restored afterwards), with a progress
+    bar and a note saying what is measured."""
+    from .. import _progress
     from ..verify import verify
 
+    what = "the full test split" if mode == "full" else "a class-stratified subset of the test split"
+    _progress.note(f"{name}: verifying the claimed certified accuracies on {what} ({mode} mode; once per download)")
     was_training = model.training
     try:
-        return verify(model.eval(), dict(claims), mode=mode, name=name)
+        return verify(model.eval(), dict(claims), mode=mode, name=name, progress=_progress.enabled())
     finally:
         model.train(was_training)
 
@@ -339,6 +343,10 @@ def _verify_once(model: nn.Module, claims: Mapping[str, Any], mode: str, sha256:
     with FileLock(str(path) + ".lock"):  # concurrent first downloads: one verifies, the others read its report
         cached = _cached_pass(path, key, mode)
         if cached is not None:
+            from .. import _progress
+
+            _progress.note(f"{name}: claims verified before ({cached['mode']} mode), report {path}; to measure again "
+                           f"delete that file or run `lipzoo verify {_arch_tag(model) or repo_id} --pretrained`")
             return True, cached
         report = _measure(model, claims, mode, name)
         if not report.passed:
@@ -347,6 +355,12 @@ def _verify_once(model: nn.Module, claims: Mapping[str, Any], mode: str, sha256:
                                  "revision": revision, "certifier_version": _certifier_version(), "key": key,
                                  "claims": dict(claims), "report": report.to_dict()})
         return True, report
+
+
+def _arch_tag(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    arch, tag = cfg.get("architecture"), cfg.get("tag")
+    return f"{arch}.{tag}" if arch and tag else None
 
 
 def _is_safetensors(data: bytes) -> bool:
