@@ -65,3 +65,31 @@ def test_a_few_training_steps_and_the_final_evaluation_on_every_device(device, t
     result = train(recipe, tmp_path / "run", device=device, progress=False, train_subset=128, eval_subset=50)
     assert result["finished"] and (tmp_path / "run" / "results.json").exists()
     assert result["claims"]["n"] == 50 and 0.0 <= result["claims"]["clean_accuracy"] <= 1.0
+
+
+# ------------------------------------------------------------------------------- lipzoo certify --device
+def _cli(capsys, *argv: str) -> tuple[int, str, str]:
+    from lipzoo.cli import main
+
+    try:
+        rc = main(list(argv))
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.mark.skipif(find_root("cifar10") is None, reason="needs CIFAR-10 (../shared/data)")
+@pytest.mark.parametrize("device", DEVICES)
+def test_cli_certifies_on_the_device_asked_for(capsys, device):
+    rc, out, err = _cli(capsys, "certify", "sll_xs", "--random-init", "--n", "4", "--quiet", "--device", device)
+    assert rc == 0, err
+    assert "n=4" in out
+
+
+@pytest.mark.parametrize("bad, needle", [("gpu0", "is not a device"),
+                                         *([("cuda", "no CUDA device")] if not torch.cuda.is_available() else [])])
+def test_cli_device_mistakes_are_one_line(capsys, bad, needle):
+    rc, _, err = _cli(capsys, "certify", "sll_xs", "--random-init", "--n", "4", "--device", bad)
+    assert rc == 2 and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1 and needle in err

@@ -26,6 +26,8 @@ def _add_model_args(p: argparse.ArgumentParser, random_init: bool = True) -> Non
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--dtype", choices=("float32", "float64"), default=None)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available, else cpu); "
+                   "images are moved batch by batch")
 
 
 def _weights_source(args: argparse.Namespace) -> str:
@@ -64,7 +66,24 @@ def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = 
         kwargs["verify"] = verify_download
     model = lipzoo.create_model(args.model, pretrained=pretrained, checkpoint_path=args.checkpoint,
                                 checkpoint_format=args.checkpoint_format, **kwargs)
-    return model.eval()
+    return model.to(_device(args)).eval()
+
+
+def _device(args: argparse.Namespace):
+    """``--device``, checked: a typo or a GPU that is not there is one line, not a traceback."""
+    import torch
+
+    from .._errors import LipzooUserError
+
+    if not args.device:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        raise LipzooUserError(f"--device {args.device} is not a device ({e}); use cpu, cuda or cuda:N") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LipzooUserError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+    return device
 
 
 def _setup(args: argparse.Namespace) -> None:
@@ -131,7 +150,7 @@ def _audit(args: argparse.Namespace) -> int:
     x, y = _images(args, dataset)
     report = audit(model, x, y, n_probe=args.n_probe, power_iters=args.power_iters, pgd_steps=args.pgd_steps,
                    restarts=args.restarts, n_attack=args.n_attack, pair_steps=args.pair_steps, deep=args.deep,
-                   dtype=_dtype(args))
+                   dtype=_dtype(args), progress=True)
     print(report.summary())
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n")
