@@ -292,3 +292,79 @@ def test_verify_against_an_authors_checkpoint_python_api(tmp_path):
         assert cmp.n == N_IMAGES and cmp.reproduction  # the whole (synthetic) split
     sub = reported.verify_against(model, reported.get_row("equal", rows), data=data, n=20)
     assert sub.subset == "first_20" and not sub.reproduction and "NOT a reproduction" in sub.to_text()
+
+
+# ---------------------------------------------------------------------- acceptance: the command line
+def _cli(argv, capsys):
+    from lipzoo.cli import main
+
+    rc = main(argv)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@needs_fixture
+def test_cli_verify_against_an_authors_checkpoint(tmp_path, capsys):
+    """``lipzoo verify sll_s --checkpoint model.ckpt --checkpoint-format sll --against rows.json:ROW`` converts the
+    authors' checkpoint, certifies it and gives the right verdict for equal, better and worse numbers."""
+    kwargs, ckpt, model, root, measured = _prepare(tmp_path)
+    rows = _rows_file(tmp_path, measured)
+    base = ["verify", "sll_s", "--checkpoint", str(ckpt), "--checkpoint-format", "sll", "--data", str(root),
+            "--model-args", json.dumps(kwargs), "--quiet"]
+    expected = {"equal": (0, "reproduced", ["reproduced"] * 3), "better": (0, "better", ["better"] * 3),
+                "worse": (1, "worse", ["worse", "worse", "reproduced"]),
+                "selected": (1, "test_set_selected", ["test_set_selected", "reproduced", "reproduced"])}
+    for row_id, (code, overall, each) in expected.items():
+        out_json = tmp_path / f"{row_id}.json"
+        rc, out, err = _cli(base + ["--against", f"{rows}:{row_id}", "--json", str(out_json)], capsys)
+        assert rc == code, (row_id, out, err)
+        report = json.loads(out_json.read_text())
+        assert report["verdict"] == overall and [e["verdict"] for e in report["entries"]] == each
+        assert [e["measured"] for e in report["entries"]] == pytest.approx(list(measured.values()), abs=1e-9)
+        assert [e["metric"] for e in report["entries"]] == list(measured)
+        assert report["tolerance_pp"] == 0.5 and report["n"] == N_IMAGES and report["reproduction"] is True
+        assert report["checkpoint_format"] == "sll" and report["row"] == row_id
+        assert "<= 0.5 percentage points" in out  # the tolerance is stated
+        for e in report["entries"]:  # paper vs measured with the difference, per eps
+            assert f"{e['reported']:.2f}" in out and f"{e['measured']:.2f}" in out
+            assert f"{e['difference_pp']:+.2f}" in out
+    assert "worse, but the paper selected its best epoch on the test set" in out  # the last row printed
+    # a subset: clearly not a reproduction
+    rc, out, err = _cli(base + ["--against", f"{rows}:equal", "--n", "12", "--json", str(tmp_path / "n.json")], capsys)
+    report = json.loads((tmp_path / "n.json").read_text())
+    assert report["reproduction"] is False and report["subset"] == "first_12" and report["n"] == 12
+    assert out.startswith("*** SUBSET of 12 test images") and "NOT a reproduction" in out
+    # a wider tolerance turns 'worse' (5 pp) into 'reproduced', and says so
+    rc, out, err = _cli(base + ["--against", f"{rows}:worse", "--tolerance", "12"], capsys)
+    assert rc == 0 and "<= 12 percentage points" in out and "verdict: reproduced" in out
+
+
+@needs_fixture
+def test_cli_against_errors_are_one_line(tmp_path, capsys):
+    kwargs, ckpt, *_ = _sll_case(tmp_path)
+    base = ["verify", "sll_s", "--checkpoint", str(ckpt), "--checkpoint-format", "sll", "--model-args",
+            json.dumps(kwargs)]
+    rc, out, err = _cli(base + ["--against", "paper:no_such_row"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "no reported row 'no_such_row'" in err
+    rc, out, err = _cli(base + ["--against", "paper:sll_xl.cifar10"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "is for sll_xl, not sll_s" in err
+    rc, out, err = _cli(base + ["--against", "paper", "--dataset", "cifar100", "--claims", "x.json"], capsys)
+    assert rc == 2 and "drop --claims" in err
+    rc, out, err = _cli(["verify", "sll_s", "--checkpoint", str(ckpt), "--n", "5"], capsys)
+    assert rc == 2 and "--against" in err
+    with pytest.raises(SystemExit) as e:  # an unknown format: argparse names the choices
+        _cli(base[:4] + ["--checkpoint-format", "nope", "--against", "paper"], capsys)
+    assert e.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_info_shows_the_reported_rows(capsys):
+    rc, out, err = _cli(["info", "sll_xl"], capsys)
+    assert rc == 0
+    lines = [line for line in out.splitlines() if "sll_xl.cifar10" in line]
+    assert any("clean 73.3" in line and "36/255 65.8" in line and "UNVERIFIED" in line for line in lines)
+    rc, out, err = _cli(["info", "sll_xl", "--json"], capsys)
+    info = json.loads(out)
+    assert {r["id"] for r in info["reported"]} >= {"sll_xl.cifar10", "sll_xl.cifar100"}
+    rc, out, err = _cli(["info", "sll_xs"], capsys)
+    assert "no paper" in out

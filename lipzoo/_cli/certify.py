@@ -197,6 +197,11 @@ def _published_claims(args: argparse.Namespace) -> dict:
 def _verify(args: argparse.Namespace) -> int:
     from lipzoo.verify import verify
 
+    from .paper import refuse_without_against, verify_against_paper
+
+    if args.against:
+        return verify_against_paper(args)
+    refuse_without_against(args)
     _weights_source(args)
     claims = _read_claims(args.claims) if args.claims else _published_claims(args)
     _setup(args)
@@ -253,5 +258,8 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true",
                    help="1000-image stratified subset, 99.9%% Clopper-Pearson test (default: full split, 0.1 pp)")
     p.add_argument("--json", default=None, metavar="OUT", help="write the verification report")
+    from .paper import add_arguments
+
+    add_arguments(p)  # --against paper[:ROW], --tolerance, --n, --model-args
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)

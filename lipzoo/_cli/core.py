@@ -1,8 +1,6 @@
 """``lipzoo list``, ``lipzoo info NAME``, ``lipzoo run``."""
 from __future__ import annotations
 
-import json
-
 
 def _list(args) -> int:
     import lipzoo
@@ -18,12 +16,10 @@ def _list(args) -> int:
 def _info(args) -> int:
     import lipzoo
 
+    from .paper import print_reported
+
     info = lipzoo.model_info(args.name, num_classes=args.num_classes)
-    if args.json:
-        print(json.dumps(info, indent=2, default=str))
-    else:
-        for k, v in info.items():
-            print(f"{k:24s} {v}")
+    print_reported(args.name, info, args.json)  # the info, then the rows papers report for the architecture
     return 0
 
 
