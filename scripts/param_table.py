@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Parameter counts of every registered architecture vs the papers' counts -> markdown (README) and JSON.
 
+The last column names the datasets on which a paper reports accuracies for the architecture
+(``lipzoo/reported.json``; ``lipzoo info ARCH`` prints the rows) and links to the README's "Reproducing a paper's
+numbers".
+
     python scripts/param_table.py [--json OUT.json] [--markdown OUT.md] [--update-readme]
 
 Counting rule: every tensor in ``model.parameters()`` (trainable or frozen, e.g. SOC's full P of which only the
@@ -19,8 +23,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import lipzoo  # noqa: E402
+from lipzoo.reported import rows_for  # noqa: E402
 
 BEGIN, END = "<!-- param-table:begin -->", "<!-- param-table:end -->"
+
+
+_DATASET_ORDER = ["cifar10", "cifar100", "tinyimagenet"]
+REPORTED_LINK = "#reproducing-a-papers-numbers"
 
 
 def rows() -> list[dict]:
@@ -32,16 +41,20 @@ def rows() -> list[dict]:
         diff = None if paper is None else 100 * (ours - paper) / paper
         out.append({"name": name, "family": info["family"], "params_m": round(ours, 3), "paper_m": paper,
                     "diff_pct": None if diff is None else round(diff, 1), "note": info["paper_params_note"],
-                    "head_rule": info["head_rule"]})
+                    "head_rule": info["head_rule"],
+                    "reported": sorted({r["dataset"] for r in rows_for(name)}, key=_DATASET_ORDER.index)})
     return out
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| architecture | family | head rule | params (M) | paper (M) | diff | note |", "|---|---|---|---|---|---|---|"]
+    lines = ["| architecture | family | head rule | params (M) | paper (M) | diff | note | paper's accuracies |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in table:
         paper = "—" if r["paper_m"] is None else f"{r['paper_m']:g}"
         diff = "—" if r["diff_pct"] is None else f"{r['diff_pct']:+.1f}%"
-        lines.append(f"| `{r['name']}` | {r['family']} | {r['head_rule']} | {r['params_m']:.2f} | {paper} | {diff} | {r['note']} |")
+        reported = f"[{', '.join(r['reported'])}]({REPORTED_LINK})" if r["reported"] else "—"
+        lines.append(f"| `{r['name']}` | {r['family']} | {r['head_rule']} | {r['params_m']:.2f} | {paper} | {diff} | "
+                     f"{r['note']} | {reported} |")
     return "\n".join(lines)
 
 
