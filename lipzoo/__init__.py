@@ -32,7 +32,7 @@ _LAZY = {
     # certify / audit / verify pull in data and plotting code
     "certify": "certify", "audit": "audit", "verify": "verify",
 }
-_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "run")
+_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "run", "reported")
 
 
 def __getattr__(name: str):

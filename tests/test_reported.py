@@ -368,3 +368,12 @@ def test_info_shows_the_reported_rows(capsys):
     assert {r["id"] for r in info["reported"]} >= {"sll_xl.cifar10", "sll_xl.cifar100"}
     rc, out, err = _cli(["info", "sll_xs"], capsys)
     assert "no paper" in out
+
+
+def test_lipzoo_reported_is_reachable_from_the_package():
+    import subprocess
+    import sys
+
+    code = "import lipzoo; print(lipzoo.reported.row_for('sll-xl')['id'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "sll_xl.cifar10"
