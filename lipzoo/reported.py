@@ -47,6 +47,7 @@ _VERDICT_TEXT = {
     "worse": "worse than reported",
     "test_set_selected": "worse, but the paper selected its best epoch on the test set",
     "not_measured": "not measured",
+    "not_reported": "(not reported by the paper)",
 }
 
 
@@ -232,7 +233,7 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
-        vs = [e.verdict for e in self.entries if e.verdict != "not_measured"]
+        vs = [e.verdict for e in self.entries if e.verdict not in ("not_measured", "not_reported")]
         if not vs:
             return "not_measured"
         for v in ("worse", "test_set_selected"):
@@ -347,7 +348,9 @@ def compare(measured: Any, row: Mapping[str, Any], tolerance_pp: float = DEFAULT
     entries = []
     for metric, e, rep, mea in [("clean", None, row.get("clean"), clean)] + [
             (label, eps[label], row["certified"][label], cert.get(label)) for label in eps]:
-        if rep is None:
+        if rep is None:  # a number the paper did not report: the measurement is shown, without a verdict
+            if metric == "clean" and mea is not None:
+                entries.append(Entry(metric, e, None, mea, None, "not_reported"))
             continue
         rep = float(rep)
         if mea is None:

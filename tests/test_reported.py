@@ -168,6 +168,11 @@ def test_verdicts_of_a_certification_result():
     # a wider tolerance, stated in the report
     wide = reported.compare(res, _row(75.3, {"72/255": 40.0}), tolerance_pp=3.0)
     assert wide.verdict == "reproduced" and wide.to_dict()["tolerance_pp"] == 3.0
+    # a clean accuracy the paper did not report is shown, without a verdict
+    nc = reported.compare(res, _row(None, {"36/255": 62.5}))
+    assert [(e.metric, e.reported, e.verdict) for e in nc.entries] == [("clean", None, "not_reported"),
+                                                                      ("36/255", 62.5, "reproduced")]
+    assert nc.verdict == "reproduced" and math.isclose(nc.entries[0].measured, 75.0)
     with pytest.raises(ValueError, match="tolerance"):
         reported.compare(res, _row(75.0, {}), tolerance_pp=-1)
 
