@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import threading
 import sys
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ name, mode = sys.argv[1], sys.argv[2]
 t = time.time()
 model = lipzoo.create_model(name, pretrained=True, verify=False)
 claims = json.loads(open(sys.argv[3]).read())
-report = verify(model, claims, mode=mode)
+report = verify(model, claims, mode=mode, progress=True)
 out = {"name": name, "mode": mode, "passed": bool(report.passed), "report": report.to_dict(),
        "seconds": time.time() - t}
 n_attack = int(sys.argv[4])
@@ -53,7 +54,7 @@ if n_attack:
     x, y = CIFAR(claims.get("dataset", "cifar10"), "test").tensors()
     # PGD-l2 on the first n_attack correctly classified points with a positive certified radius
     a = audit(model, x[: 4 * n_attack], y[: 4 * n_attack], n_attack=n_attack, pgd_steps=50, restarts=2,
-              power_iters=10, n_probe=4, pair_steps=10, rounding=True)
+              power_iters=10, n_probe=4, pair_steps=10, rounding=True, progress=True)
     out["audit"] = {"ok": a.ok, "pgd": a.pgd, "model_estimate": a.model_estimate, "problems": a.problems,
                     "seconds": time.time() - t}
     out["passed"] = out["passed"] and a.ok
@@ -65,13 +66,33 @@ def _verify_one(name: str, claims: dict, endpoint: str, mode: str, hf_home: str,
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(claims, f)
     env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=hf_home, LIPZOO_VERIFY="0")
-    proc = subprocess.run([sys.executable, "-c", _CHILD, name, mode, f.name, str(n_attack)], env=env, capture_output=True, text=True,
-                          cwd=REPO)
+    stdout, stderr_tail = _run_showing_progress([sys.executable, "-c", _CHILD, name, mode, f.name, str(n_attack)], env)
     os.unlink(f.name)
-    for line in proc.stdout.splitlines():
+    for line in stdout.splitlines():
         if line.startswith("LIPZOO_JSON"):
             return json.loads(line[len("LIPZOO_JSON"):])
-    return {"name": name, "mode": mode, "passed": False, "error": (proc.stderr or proc.stdout)[-2000:]}
+    return {"name": name, "mode": mode, "passed": False, "error": (stderr_tail or stdout)[-2000:]}
+
+
+def _run_showing_progress(cmd: list[str], env: dict) -> tuple[str, str]:
+    """Run ``cmd``: its stderr (progress bars, notes) goes through to ours as it comes; returns (stdout, the last
+    4,000 characters of stderr)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    tail = bytearray()
+
+    def pump() -> None:
+        for chunk in iter(lambda: proc.stderr.read1(4096), b""):
+            sys.stderr.buffer.write(chunk)
+            sys.stderr.flush()
+            tail.extend(chunk)
+            del tail[:-4000]
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    stdout = proc.stdout.read().decode(errors="replace")
+    proc.wait()
+    thread.join()
+    return stdout, tail.decode(errors="replace")
 
 
 def _pct(x) -> str:

@@ -162,3 +162,16 @@ def test_a_partial_run_records_its_true_command(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
     assert reproduce.main() == 0
     assert f"`{partial}`: `lot_xs.cifar10`" in out.with_suffix(".md").read_text()
+
+
+def test_the_measuring_child_shows_its_progress_and_keeps_its_output(tmp_path, capfd):
+    """The child's stderr (bars, notes) reaches the user as it comes; its stdout carries the result; a failing
+    child's stderr tail is kept for the error cell (issue 22, item 2: reproduce.py used to be silent for 25 min)."""
+    import os
+    import sys
+
+    child = tmp_path / "child.py"
+    child.write_text("import sys\nsys.stderr.write('verify: 50%\\r' * 3)\nsys.stderr.flush()\nprint('LIPZOO_JSON{}')\n")
+    out, tail = reproduce._run_showing_progress([sys.executable, str(child)], dict(os.environ))
+    assert out.strip() == "LIPZOO_JSON{}"
+    assert "verify: 50%" in tail and "verify: 50%" in capfd.readouterr().err
