@@ -181,3 +181,21 @@ def test_registered_variants_build(name, num_classes):
         out = model(torch.rand(2, 3, 32, 32))
     assert out.shape == (2, num_classes)
     assert name in lipzoo.list_models()
+
+
+def test_resnet9_convex_residual_bound_and_jacobian():
+    from lipzoo.models.cayley import CayleyResNet9, ConvexCombination
+
+    torch.manual_seed(0)
+    model = CayleyResNet9(widths=(8, 8, 16, 16), dense=16).double().eval()
+    perturb(model, 7)
+    combos = [m for m in model.modules() if isinstance(m, ConvexCombination)]
+    assert len(combos) == 2
+    for c in combos:  # s + (1 - s) L_body with L_body ~ 1: the stated bound of the block is ~1 whatever s is
+        s = float(torch.sigmoid(c.alpha.detach().double()))
+        assert c.lipschitz_bound() == pytest.approx(s + (1 - s) * c.body[0].lipschitz_bound(), rel=1e-12)
+    bound = model.lipschitz_bound()
+    assert 1.0 <= bound <= 1 + 1e-10
+    x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
+    assert 0.1 < jacobian_norm_estimate(model, x, iters=8) <= bound
+    assert "cayley_resnet9" in lipzoo.list_models()

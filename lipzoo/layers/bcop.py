@@ -248,9 +248,9 @@ class BCOPConv2d(LipschitzModule):
         """PROVEN l2 bound for inputs of ``input_size`` (default: the constructor's ``input_size`` and every size
         this layer has run on; the max over them): the exact float64 norm of the realised circular convolution
         on the (unshuffled) grid (:func:`circular_conv_norm_bound`), in the current mode's Bjorck iterations."""
-        sizes = self._sizes(input_size)
         if self.kernel_size == 1:  # the same matrix at every frequency: the size does not matter
             return self._bound_cache.get(lambda: spectral_norm_bound(self.realised_weight()[:, :, 0, 0]))
+        sizes = self._sizes(input_size)
         return self._bound_cache.get(
             lambda: max(circular_conv_norm_bound(self.realised_weight(), self._grid(s)) for s in sizes), extra=sizes)
 
