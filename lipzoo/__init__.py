@@ -15,9 +15,20 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 from ._errors import LipzooUserError  # noqa: E402  (no torch)
+from ._hooks import set_pretrained_loader as _set_pretrained_loader  # noqa: E402
+
+
+def _load_pretrained(*args, **kwargs):
+    """The models' builder loads published weights through this (lipzoo._hooks): the hub is imported on first use."""
+    from .hub.download import load_pretrained
+
+    return load_pretrained(*args, **kwargs)
+
+
+_set_pretrained_loader(_load_pretrained)
 
 __all__ = [
     "__version__", "create_model", "list_models", "list_pretrained", "model_info", "resolve_name",

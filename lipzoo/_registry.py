@@ -1,9 +1,6 @@
 """Public registry API: ``create_model``, ``list_models``, ``list_pretrained``, ``model_info``."""
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import re
 from pathlib import Path
 from typing import Any
 
@@ -11,75 +8,15 @@ import timm
 import torch
 from torch import nn
 
-from ._errors import LipzooUserError
-from .models._builder import ARCHS, published_weights
+from .models._builder import (
+    ARCHS, NoPretrainedWeightsError, UnknownModelError, _split, count_parameters, list_models, list_pretrained,
+    pretrained_name, published_weights, resolve_name,
+)
+
+_pretrained_tag = pretrained_name  # the name earlier code and tests import
 
 __all__ = ["create_model", "list_models", "list_pretrained", "model_info", "resolve_name", "UnknownModelError",
            "NoPretrainedWeightsError"]
-
-
-class UnknownModelError(LipzooUserError, ValueError):
-    pass
-
-
-class NoPretrainedWeightsError(LipzooUserError, ValueError):
-    pass
-
-
-def _split(name: str) -> tuple[str, str | None]:
-    arch, _, tag = name.partition(".")
-    return arch, (tag or None)
-
-
-def resolve_name(name: str) -> str:
-    """Map an alias to the registered name: ``'sll-xl'`` -> ``'sll_xl'``, ``'SLL-XS.cifar10'`` -> ``'sll_xs.cifar10'``.
-
-    Raises :class:`UnknownModelError` listing the closest known names for an unknown architecture.
-    """
-    if not isinstance(name, str) or not name:
-        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
-    arch, tag = _split(name.strip())
-    arch = arch.lower().replace("-", "_")
-    if arch not in ARCHS:
-        close = difflib.get_close_matches(arch, list(ARCHS), n=5, cutoff=0.4)
-        hint = f" Closest: {', '.join(close)}." if close else ""
-        raise UnknownModelError(f"unknown lipzoo model {name!r}.{hint} See lipzoo.list_models() or `lipzoo list`.")
-    return f"{arch}.{tag}" if tag else arch
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered lipzoo architectures matching a shell-style ``pattern`` (hyphens accepted), natural order."""
-    pattern = pattern.lower().replace("-", "_")
-    return sorted((a for a in ARCHS if fnmatch.fnmatch(a, pattern)), key=_natural_key)
-
-
-def list_pretrained(pattern: str = "*") -> list[str]:
-    """Published ``arch.tag`` weights matching ``pattern``."""
-    pattern = pattern.lower().replace("-", "_")
-    return sorted(k for k in published_weights() if fnmatch.fnmatch(k, pattern) or fnmatch.fnmatch(k.split(".")[0], pattern))
-
-
-def _pretrained_tag(name: str) -> str:
-    arch, tag = _split(name)
-    published = [k for k in published_weights() if k.split(".")[0] == arch]
-    if tag is None:
-        if not published:
-            raise NoPretrainedWeightsError(
-                f"no pretrained weights are published for {arch!r}. Published: "
-                f"{', '.join(list_pretrained()) or 'none yet'}. Use pretrained=False, or train one with `lipzoo train`."
-            )
-        preferred = [k for k in published if k.endswith(".cifar10")]
-        return (preferred or sorted(published))[0]
-    if name not in published:
-        raise NoPretrainedWeightsError(
-            f"no pretrained weights {name!r}. Published for {arch}: {', '.join(sorted(published)) or 'none'}; "
-            f"all published: {', '.join(list_pretrained()) or 'none yet'}."
-        )
-    return name
 
 
 def create_model(
@@ -105,7 +42,7 @@ def create_model(
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     full = resolve_name(name)
     if pretrained:
-        full = _pretrained_tag(full)
+        full = pretrained_name(full)
     model = timm.create_model(full, pretrained=pretrained, **kwargs)
     if checkpoint_path is not None:
         from .convert import load_checkpoint
@@ -120,11 +57,6 @@ def _measured() -> dict[str, Any]:
 
     path = Path(__file__).resolve().parent / "measured.json"
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Counting rule: every tensor in ``model.parameters()`` (trainable or not), no buffers."""
-    return sum(p.numel() for p in model.parameters())
 
 
 def model_info(name: str, num_classes: int = 10) -> dict[str, Any]:

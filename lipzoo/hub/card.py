@@ -86,7 +86,7 @@ def model_stats(model) -> dict[str, Any]:
     Lipschitz bound and the input normalisation with its Lipschitz factor ``1 / min(std)``."""
     import torch
 
-    from .._registry import count_parameters
+    from ..models._builder import count_parameters
 
     stats: dict[str, Any] = {"params": count_parameters(model), "gmacs": None}
     was_training = model.training

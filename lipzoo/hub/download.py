@@ -254,7 +254,7 @@ def verification_key(sha256: str, claims: Mapping[str, Any], model: nn.Module) -
 
     ``None`` when the model's construction is unknown (not built by lipzoo's builder) or has an argument without a
     stable JSON form: such a model is verified on every load and its report is never cached."""
-    from .. import __version__
+    from .._version import __version__
     from ..models._builder import build_record
 
     record = build_record(model)
@@ -578,10 +578,12 @@ def download_and_report(name: str, verify: bool | str | None = None) -> int:
     the weights were loaded (trusted), 1 when they were refused (the reason is printed to stderr)."""
     import sys
 
-    from .._registry import create_model
+    import timm
+
+    from ..models._builder import pretrained_name
 
     try:
-        model = create_model(name, pretrained=True, verify=verify)
+        model = timm.create_model(pretrained_name(name), pretrained=True, verify=verify)
     except (HubError, ValueError) as e:  # refused weights, or an unknown / unpublished name
         print(f"{name}: refused ({type(e).__name__})\n{e}", file=sys.stderr)
         return 1

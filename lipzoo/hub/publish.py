@@ -271,11 +271,12 @@ def publish(
     """
     import torch
 
-    from .. import __version__
-    from .._registry import create_model, resolve_name
+    import timm
+
+    from .._version import __version__
     from ..certify import certify, plot_certified_accuracy
     from ..data import CIFAR, NUM_CLASSES
-    from ..models._builder import ARCHS
+    from ..models._builder import ARCHS, resolve_name
     from .card import DATASET_NAMES, model_stats, render_card
 
     arch = resolve_name(arch)
@@ -298,7 +299,7 @@ def publish(
     messages: list[str] = []
 
     # 1. weights
-    model = create_model(arch, num_classes=NUM_CLASSES[dataset])
+    model = timm.create_model(arch, num_classes=NUM_CLASSES[dataset])
     run_dir = _load_weights(model, Path(checkpoint))
     model.eval()
     record = _training_record(results, run_dir)

@@ -7,16 +7,23 @@ which ``lipzoo publish`` generates; it is never edited by hand.
 """
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
+from .._errors import LipzooUserError
+from .._hooks import pretrained_loader
+
 __all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "build_record", "published_weights",
-           "PUBLISHED_JSON", "BUILD_RECORD_ATTR"]
+           "PUBLISHED_JSON", "BUILD_RECORD_ATTR", "count_parameters", "resolve_name",
+           "list_models", "list_pretrained", "pretrained_name", "UnknownModelError", "NoPretrainedWeightsError"]
 
 # The attribute where :func:`build` records how a model was constructed (see :func:`build_record`).
 BUILD_RECORD_ATTR = "lipzoo_build"
@@ -154,7 +161,78 @@ def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs):
                                        "model_args": received})
     model.pretrained_cfg = model.default_cfg = with_input_stats(model.pretrained_cfg)
     if pretrained:
-        from ..hub.download import load_pretrained
-
-        load_pretrained(model, model.pretrained_cfg, verify=verify, revision=revision, cache_dir=cache_dir)
+        # the models floor never imports the hub: the package root installs the loader (lipzoo._hooks)
+        pretrained_loader()(model, model.pretrained_cfg, verify=verify, revision=revision, cache_dir=cache_dir)
     return model
+
+
+def count_parameters(model) -> int:
+    """Counting rule: every tensor in ``model.parameters()`` (trainable or not), no buffers."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------ names and weights
+class UnknownModelError(LipzooUserError, ValueError):
+    pass
+
+
+class NoPretrainedWeightsError(LipzooUserError, ValueError):
+    pass
+
+
+def _split(name: str) -> tuple[str, str | None]:
+    arch, _, tag = name.partition(".")
+    return arch, (tag or None)
+
+
+def resolve_name(name: str) -> str:
+    """Map an alias to the registered name: ``'sll-xl'`` -> ``'sll_xl'``, ``'SLL-XS.cifar10'`` -> ``'sll_xs.cifar10'``.
+
+    Raises :class:`UnknownModelError` listing the closest known names for an unknown architecture.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
+    arch, tag = _split(name.strip())
+    arch = arch.lower().replace("-", "_")
+    if arch not in ARCHS:
+        close = difflib.get_close_matches(arch, list(ARCHS), n=5, cutoff=0.4)
+        hint = f" Closest: {', '.join(close)}." if close else ""
+        raise UnknownModelError(f"unknown lipzoo model {name!r}.{hint} See lipzoo.list_models() or `lipzoo list`.")
+    return f"{arch}.{tag}" if tag else arch
+
+
+def _natural_key(name: str) -> list:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered lipzoo architectures matching a shell-style ``pattern`` (hyphens accepted), natural order."""
+    pattern = pattern.lower().replace("-", "_")
+    return sorted((a for a in ARCHS if fnmatch.fnmatch(a, pattern)), key=_natural_key)
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Published ``arch.tag`` weights matching ``pattern``."""
+    pattern = pattern.lower().replace("-", "_")
+    return sorted(k for k in published_weights() if fnmatch.fnmatch(k, pattern) or fnmatch.fnmatch(k.split(".")[0], pattern))
+
+
+def pretrained_name(name: str) -> str:
+    """``arch.tag`` of the published weights ``name`` asks for (``'sll_xs'`` -> ``'sll_xs.cifar10'``); raises
+    :class:`NoPretrainedWeightsError` listing what is published."""
+    arch, tag = _split(name)
+    published = [k for k in published_weights() if k.split(".")[0] == arch]
+    if tag is None:
+        if not published:
+            raise NoPretrainedWeightsError(
+                f"no pretrained weights are published for {arch!r}. Published: "
+                f"{', '.join(list_pretrained()) or 'none yet'}. Use pretrained=False, or train one with `lipzoo train`."
+            )
+        preferred = [k for k in published if k.endswith(".cifar10")]
+        return (preferred or sorted(published))[0]
+    if name not in published:
+        raise NoPretrainedWeightsError(
+            f"no pretrained weights {name!r}. Published for {arch}: {', '.join(sorted(published)) or 'none'}; "
+            f"all published: {', '.join(list_pretrained()) or 'none yet'}."
+        )
+    return name

@@ -274,7 +274,10 @@ def train(
     autocast on GPU) and is recorded in the run's recipe.
     ``train_subset`` / ``eval_subset`` use the first N images (for tests only).
     """
-    import lipzoo
+    import timm
+
+    from .._version import __version__
+    from ..models._builder import resolve_name
 
     if fast is not None:
         recipe = recipe.replace(fast=fast)
@@ -301,7 +304,7 @@ def train(
 
     torch.manual_seed(recipe.seed)
     num_classes = 100 if recipe.dataset == "cifar100" else 10
-    model = lipzoo.create_model(recipe.model, num_classes=num_classes, **recipe.model_args).to(dev)
+    model = timm.create_model(resolve_name(recipe.model), num_classes=num_classes, **recipe.model_args).to(dev)
     if fast:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe)
@@ -438,7 +441,7 @@ def train(
         dist.barrier()
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "finished": step >= total_steps}
     if is_main and step >= total_steps:
-        meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": lipzoo.__version__,
+        meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": __version__,
                 "git_revision": _git_revision() or "unknown"}
         final = averaged()
         if ema is not None:
