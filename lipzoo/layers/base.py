@@ -21,9 +21,14 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import nn
 
-from .._numerics import certification_context, current_cache_scope, float_rounding_slack
+import torch.nn.functional as F
 
-__all__ = ["LipschitzModule", "ParametrizationCache", "float_rounding_slack", "lipschitz_bound_of"]
+from .._numerics import (
+    activation_dtype, certification_context, current_cache_scope, float_rounding_slack, spectral_norm_bound,
+)
+
+__all__ = ["LipschitzModule", "ParametrizationCache", "RealisedMatrixLinear", "float_rounding_slack",
+           "lipschitz_bound_of"]
 
 # ``float_rounding_slack`` (from ``lipzoo._numerics``) is the relative slack added to bounds that are exact in real
 # arithmetic (orthogonal maps, SLL rescaling): the bound is stated in float64 plus this slack per layer, so
@@ -118,6 +123,36 @@ class ParametrizationCache:
                 value = compute()
             self._key, self._value, self._scope = key, value, scope
         return self._value
+
+
+class RealisedMatrixLinear(LipschitzModule):
+    """``y = W x + b`` with ``W = _compute_matrix()`` realised from the parameters (cached in eval mode) and a bound
+    measured on that realised matrix (:func:`~lipzoo._numerics.spectral_norm_bound`, float64 plus rounding slack):
+    the families whose dense layer is orthogonal by construction or by iteration state no bound they do not
+    measure. Subclasses set ``weight``, ``bias`` (or ``None``), ``in_features``, ``out_features`` and implement
+    ``_compute_matrix``. Inputs ``(N, ...)`` are flattened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)
+
+    def _compute_matrix(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def matrix(self) -> torch.Tensor:
+        """The realised ``(out, in)`` matrix of the forward pass (cached in eval mode)."""
+        return self._cache.get(self._compute_matrix)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.matrix()
+        x = x.flatten(1)
+        dt = activation_dtype(x, w.dtype)
+        return F.linear(x.to(dt), w.to(dt), None if self.bias is None else self.bias.to(dt))
+
+    @torch.no_grad()
+    def lipschitz_bound(self) -> float:
+        return self._bound_cache.get(lambda: spectral_norm_bound(self.matrix()))
 
 
 _PLAIN = (bool, int, float, str, type(None), torch.dtype, torch.device)

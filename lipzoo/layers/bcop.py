@@ -44,9 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off, parametrization_dtype
-from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
-from .cayley import spectral_norm_bound
+from .._numerics import autocast_off, parametrization_dtype, spectral_norm_bound
+from .base import LipschitzModule, ParametrizationCache, RealisedMatrixLinear, float_rounding_slack
 from .sandwich import _act_dtype, _pair, fft_kernel
 from .shapes import PixelUnshuffle
 
@@ -260,7 +259,7 @@ class BCOPConv2d(LipschitzModule):
         return s + (f", input_size={self.input_size}" if self.input_size is not None else "")
 
 
-class BjorckLinear(LipschitzModule):
+class BjorckLinear(RealisedMatrixLinear):
     """Dense layer with a Bjorck-orthonormalised weight (LConvNet's ``BjorckLinear``): ``y = W x + b``.
 
     ``weight`` (out, in), orthogonal init; ``bias`` U(+-1/sqrt(in)). Inputs ``(N, ...)`` are flattened. The bound is
@@ -276,8 +275,6 @@ class BjorckLinear(LipschitzModule):
         self.bjorck_beta = float(bjorck_beta)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
-        self._cache = ParametrizationCache(self)
-        self._bound_cache = ParametrizationCache(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -291,20 +288,6 @@ class BjorckLinear(LipschitzModule):
         with autocast_off(self.weight.device):
             w = self.weight.to(parametrization_dtype(self.weight.dtype))
             return bjorck_orthonormalize(w, iters, self.bjorck_beta)
-
-    def matrix(self) -> torch.Tensor:
-        """The realised ``(out, in)`` matrix (cached in eval mode)."""
-        return self._cache.get(self._compute_matrix)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        W = self.matrix()
-        x = x.flatten(1)
-        dt = _act_dtype(x, W.dtype)
-        return F.linear(x.to(dt), W.to(dt), None if self.bias is None else self.bias.to(dt))
-
-    @torch.no_grad()
-    def lipschitz_bound(self) -> float:
-        return self._bound_cache.get(lambda: spectral_norm_bound(self.matrix()))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "

@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off, parametrization_dtype
-from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
+from .._numerics import autocast_off, parametrization_dtype, spectral_norm_bound
+from .base import LipschitzModule, ParametrizationCache, RealisedMatrixLinear
 from .lot import _imag_mask_cached
 from .sandwich import (
     _act_dtype,
@@ -70,28 +70,6 @@ _Size = tuple[int, int]
 
 
 @torch.no_grad()
-def spectral_norm_bound(M: torch.Tensor) -> float:
-    """Proven upper bound of ``max ||M_b||_2`` over a batch of real or complex matrices ``M`` ``(..., m, n)``,
-    computed in float64 from the small Gram matrix ``G = M M^H`` (``m <= n``) or ``M^H M``: ``sqrt(lmax(G) + e)``.
-
-    ``e`` covers the float64 rounding of ``G`` (each entry an ``n``-term dot product: ``|dG_ij| <= gamma_{2n+2}
-    ||row_i|| ||row_j||``, so ``||dG||_2 <= gamma_{2n+2} ||M||_F^2``, complex products counted twice) and the
-    backward error of the symmetric eigensolver (``<= 4 k u ||G||_F``, ``k`` the Gram size). Much cheaper than an
-    SVD for the wide dense layers (a 256 x 4096 matrix needs a 256 x 256 eigenproblem).
-    """
-    M = M.detach().to(torch.complex128 if M.is_complex() else torch.float64)
-    if M.dim() == 2:
-        M = M[None]
-    m, n = M.shape[-2:]
-    G = M @ M.mH if m <= n else M.mH @ M
-    lmax = torch.linalg.eigvalsh(G).amax(dim=-1)
-    fro2 = torch.linalg.matrix_norm(M, ord="fro") ** 2
-    u = torch.finfo(torch.float64).eps / 2
-    err = float_rounding_slack(2 * max(m, n) + 2, torch.float64) * fro2 + 4 * min(m, n) * u * torch.linalg.matrix_norm(
-        G, ord="fro")
-    return math.sqrt(float((lmax.clamp_min(0) + err).amax()))
-
-
 class CayleyConv2d(LipschitzModule):
     """Circular Cayley convolution ``in_channels -> out_channels`` (authors' ``CayleyConv``), stride 1 or 2.
 
@@ -236,7 +214,7 @@ class CayleyConv2d(LipschitzModule):
         return s + (f", input_size={self.input_size}" if self.input_size is not None else "")
 
 
-class CayleyLinear(LipschitzModule):
+class CayleyLinear(RealisedMatrixLinear):
     """Dense Cayley layer (authors' ``CayleyLinear``): ``y = Q x + b``, ``Q = cayley(alpha W / ||W||_F)``.
 
     ``Q`` has orthonormal columns (out >= in) or rows (out < in). Inputs of any shape ``(N, ...)`` are flattened.
@@ -250,8 +228,6 @@ class CayleyLinear(LipschitzModule):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
         self.alpha = nn.Parameter(torch.empty(()))
-        self._cache = ParametrizationCache(self)
-        self._bound_cache = ParametrizationCache(self)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -267,20 +243,6 @@ class CayleyLinear(LipschitzModule):
             dt = parametrization_dtype(self.weight.dtype)
             w = self.weight.to(dt)
             return cayley(self.alpha.to(dt) * w / w.norm())
-
-    def matrix(self) -> torch.Tensor:
-        """The realised ``(out, in)`` matrix ``Q`` of the forward pass (cached in eval mode)."""
-        return self._cache.get(self._compute_matrix)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        Q = self.matrix()
-        x = x.flatten(1)
-        dt = _act_dtype(x, Q.dtype)
-        return F.linear(x.to(dt), Q.to(dt), None if self.bias is None else self.bias.to(dt))
-
-    @torch.no_grad()
-    def lipschitz_bound(self) -> float:
-        return self._bound_cache.get(lambda: spectral_norm_bound(self.matrix()))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off, parametrization_dtype
+from .._numerics import activation_dtype, autocast_off, parametrization_dtype
 from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
 from .shapes import PixelUnshuffle
 
@@ -172,11 +172,7 @@ class _SandwichMatrix(LipschitzModule):
         return s + (f", scale={self.scale:g}" if self.scale != 1.0 else "")
 
 
-def _act_dtype(x: torch.Tensor, param_dtype: torch.dtype) -> torch.dtype:
-    """Dtype in which to feed factors to F.linear/conv: autocast decides under autocast, else the input's."""
-    if torch.is_autocast_enabled(x.device.type):
-        return param_dtype
-    return x.dtype
+_act_dtype = activation_dtype  # the name the other families import
 
 
 class SandwichFc(_SandwichMatrix):
