@@ -45,6 +45,7 @@ def float_rounding_slack(inner_dim: int, dtype: torch.dtype = torch.float32) -> 
     return n * u / max(1.0 - n * u, 1e-12)
 
 
+@torch.no_grad()
 def spectral_norm_bound(M: torch.Tensor) -> float:
     """Proven upper bound of ``max ||M_b||_2`` over a batch of real or complex matrices ``M`` ``(..., m, n)``,
     computed in float64 from the small Gram matrix ``G = M M^H`` (``m <= n``) or ``M^H M``: ``sqrt(lmax(G) + e)``.

@@ -69,7 +69,6 @@ __all__ = ["CayleyConv2d", "CayleyLinear", "spectral_norm_bound"]
 _Size = tuple[int, int]
 
 
-@torch.no_grad()
 class CayleyConv2d(LipschitzModule):
     """Circular Cayley convolution ``in_channels -> out_channels`` (authors' ``CayleyConv``), stride 1 or 2.
 
