@@ -46,7 +46,7 @@ from torch import nn
 
 from .._numerics import autocast_off, parametrization_dtype, spectral_norm_bound
 from .base import LipschitzModule, ParametrizationCache, RealisedMatrixLinear, float_rounding_slack
-from .sandwich import _act_dtype, _pair, fft_kernel
+from .sandwich import _act_dtype, _pair, bound_sizes, fft_kernel, unshuffled_grid
 from .shapes import PixelUnshuffle
 
 __all__ = ["bjorck_orthonormalize", "bcop_kernel", "circular_conv_norm_bound", "BCOPConv2d", "BjorckLinear"]
@@ -209,14 +209,7 @@ class BCOPConv2d(LipschitzModule):
         return self._cache.get(self._compute_weight)
 
     def _grid(self, input_size: _Size) -> _Size:
-        H, W = input_size
-        if self.stride == 2:
-            if H % 2 or W % 2:
-                raise ValueError(f"stride-2 BCOPConv2d needs even input sizes, got {H}x{W}")
-            H, W = H // 2, W // 2
-        if H < self.kernel_size or W < self.kernel_size:
-            raise ValueError(f"input grid {H}x{W} is smaller than the kernel {self.kernel_size}")
-        return H, W
+        return unshuffled_grid(input_size, self.stride, self.kernel_size, "BCOPConv2d")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4:
@@ -235,12 +228,7 @@ class BCOPConv2d(LipschitzModule):
         return F.conv2d(x.to(dt), w.to(dt), bias)
 
     def _sizes(self, input_size: int | Sequence[int] | None) -> tuple[_Size, ...]:
-        if input_size is not None:
-            return (_pair(input_size),)
-        sizes = set(self._seen_sizes) | ({self.input_size} if self.input_size is not None else set())
-        if not sizes:
-            raise ValueError("BCOPConv2d.lipschitz_bound needs input_size= (the layer has no known input size)")
-        return tuple(sorted(sizes))
+        return bound_sizes(input_size, self._seen_sizes, self.input_size, "BCOPConv2d")
 
     @torch.no_grad()
     def lipschitz_bound(self, input_size: int | Sequence[int] | None = None) -> float:

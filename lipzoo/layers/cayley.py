@@ -59,8 +59,10 @@ from .sandwich import (
     _pair,
     _real_right_matrix,
     _spectral_apply,
+    bound_sizes,
     cayley,
     fft_kernel,
+    unshuffled_grid,
 )
 from .shapes import PixelUnshuffle
 
@@ -115,14 +117,7 @@ class CayleyConv2d(LipschitzModule):
             self.alpha.copy_(self.fft_weight_norm(side))
 
     def _grid(self, input_size: _Size) -> _Size:
-        H, W = input_size
-        if self.stride == 2:
-            if H % 2 or W % 2:
-                raise ValueError(f"stride-2 CayleyConv2d needs even input sizes, got {H}x{W}")
-            H, W = H // 2, W // 2
-        if H < self.kernel_size or W < self.kernel_size:
-            raise ValueError(f"input grid {H}x{W} is smaller than the kernel {self.kernel_size}")
-        return H, W
+        return unshuffled_grid(input_size, self.stride, self.kernel_size, "CayleyConv2d")
 
     @torch.no_grad()
     def fft_weight_norm(self, input_size: int | Sequence[int]) -> torch.Tensor:
@@ -191,12 +186,7 @@ class CayleyConv2d(LipschitzModule):
         return M.reshape(H * Wr, *Q.shape[-2:])
 
     def _sizes(self, input_size: int | Sequence[int] | None) -> tuple[_Size, ...]:
-        if input_size is not None:
-            return (_pair(input_size),)
-        sizes = set(self._seen_sizes) | ({self.input_size} if self.input_size is not None else set())
-        if not sizes:
-            raise ValueError("CayleyConv2d.lipschitz_bound needs input_size= (the layer has no known input size)")
-        return tuple(sorted(sizes))
+        return bound_sizes(input_size, self._seen_sizes, self.input_size, "CayleyConv2d")
 
     @torch.no_grad()
     def lipschitz_bound(self, input_size: int | Sequence[int] | None = None) -> float:

@@ -276,6 +276,31 @@ def _pair(size: int | Sequence[int]) -> _Size:
     return (int(h), int(w))
 
 
+def unshuffled_grid(input_size: _Size, stride: int, kernel_size: int, layer: str) -> _Size:
+    """The FFT grid of a circular conv for inputs of ``input_size``: halved by a stride-2 space-to-depth; refuses odd
+    sizes at stride 2 and grids smaller than the kernel (``layer`` names the layer in the message)."""
+    H, W = input_size
+    if stride == 2:
+        if H % 2 or W % 2:
+            raise ValueError(f"stride-2 {layer} needs even input sizes, got {H}x{W}")
+        H, W = H // 2, W // 2
+    if H < kernel_size or W < kernel_size:
+        raise ValueError(f"input grid {H}x{W} is smaller than the kernel {kernel_size}")
+    return H, W
+
+
+def bound_sizes(input_size: int | Sequence[int] | None, seen: set[_Size], constructed: _Size | None,
+                layer: str) -> tuple[_Size, ...]:
+    """The input sizes a size-dependent bound covers: ``input_size`` if given, else every size the layer has run on
+    and the one it was constructed for."""
+    if input_size is not None:
+        return (_pair(input_size),)
+    sizes = set(seen) | ({constructed} if constructed is not None else set())
+    if not sizes:
+        raise ValueError(f"{layer}.lipschitz_bound needs input_size= (the layer has no known input size)")
+    return tuple(sorted(sizes))
+
+
 def fft_kernel(weight: torch.Tensor, grid: _Size) -> torch.Tensor:
     """The authors' spectral kernel ``W_f = shift_f * conj(rfft2(weight, grid))_f``, ``shift_f = exp(-2 pi i s
     (u/H + v/W))``, ``s = (k-1)//2``, as ``(F, c_out, c_in)`` with ``F = H (W//2+1)`` (rfft2 half plane, row-major).
@@ -371,14 +396,7 @@ class SandwichConv(LipschitzModule):
                 self.alpha.copy_(self.weight.norm() * math.sqrt(n * (n // 2 + 1)))
 
     def _grid(self, input_size: _Size) -> _Size:
-        H, W = input_size
-        if self.stride == 2:
-            if H % 2 or W % 2:
-                raise ValueError(f"stride-2 SandwichConv needs even input sizes, got {H}x{W}")
-            H, W = H // 2, W // 2
-        if H < self.kernel_size or W < self.kernel_size:
-            raise ValueError(f"input grid {H}x{W} is smaller than the kernel {self.kernel_size}")
-        return H, W
+        return unshuffled_grid(input_size, self.stride, self.kernel_size, "SandwichConv")
 
     @torch.no_grad()
     def fft_weight_norm(self, input_size: int | Sequence[int], weight: torch.Tensor | None = None) -> torch.Tensor:
@@ -460,13 +478,7 @@ class SandwichConv(LipschitzModule):
     def lipschitz_bound(self, input_size: int | Sequence[int] | None = None) -> float:
         """Proven bound for inputs of ``input_size`` (default: the constructor's ``input_size`` and every size
         this layer has run on; the max over them): ``|s| sandwich_bound(M1_f, M2_f)`` over all frequencies."""
-        if input_size is not None:
-            sizes = {_pair(input_size)}
-        else:
-            sizes = set(self._seen_sizes) | ({self.input_size} if self.input_size is not None else set())
-        if not sizes:
-            raise ValueError("SandwichConv.lipschitz_bound needs input_size= (the layer has no known input size)")
-        sizes = tuple(sorted(sizes))
+        sizes = bound_sizes(input_size, self._seen_sizes, self.input_size, "SandwichConv")
         return self._bound_cache.get(
             lambda: abs(self.scale) * max(sandwich_bound(*self.effective_operators(s)) for s in sizes), extra=sizes)
 
