@@ -29,9 +29,11 @@ CHECKPOINT_FORMATS = {
     "lbdn": "_sandwich",
     "soc": "_soc", "soc-improved": "_soc",
     "lot": "_lot",
+    "cpl": "_cpl",
 }
 # fixture/spec family -> converter module
-_FAMILY_MODULES = {"sll": "_sll", "sandwich": "_sandwich", "soc": "_soc", "improved": "_soc", "lot": "_lot"}
+_FAMILY_MODULES = {"sll": "_sll", "sandwich": "_sandwich", "soc": "_soc", "improved": "_soc", "lot": "_lot",
+                   "cpl": "_cpl"}
 
 
 class ConversionError(LipzooUserError, ValueError):
