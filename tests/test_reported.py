@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 
 import lipzoo
 from lipzoo import reported
-from lipzoo.certify import CertificationResult
+from lipzoo.certification import CertificationResult
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "reference"
@@ -263,7 +263,7 @@ def _prepare(tmp_path):
 
 def _rows_file(tmp_path, measured: dict[str, float]) -> Path:
     """Reported rows built for the test around the measured numbers (labels of eps values that are not n/255 name
-    their value, as lipzoo.certify.eps_label writes them)."""
+    their value, as lipzoo.certification.eps_label writes them)."""
     lo, hi = [k for k in measured if k != "clean"]
 
     def row(id, delta, selected=False):
