@@ -54,12 +54,25 @@ def test_every_reported_number_has_a_source():
         # 'unverified_numbers' names numbers of the row, and only an unverified row has them
         for label in r.get("unverified_numbers", []):
             assert label in r["certified"] and r["unverified"], r["id"]
-        # a number quoted by another paper or by notes is never marked as checked against the paper itself
-        if src["kind"] in ("secondary", "third-party", "rebuttal"):
+        # a number quoted by another paper, by notes or by a README is never marked as checked against the paper
+        if src["kind"] in ("secondary", "third-party", "rebuttal", "readme"):
             assert r["unverified"], f"{r['id']}: a {src['kind']} number must be unverified"
     for key, p in papers.items():
         assert p.get("title") and p.get("code") and p.get("checkpoints"), key
         assert p["checkpoint"] in ("best", "last", "unknown"), key
+
+
+def test_one_primary_row_per_architecture_and_dataset():
+    """Where several rows report one architecture on one dataset (a paper and a README, two quotes), exactly one is
+    ``primary``, so ``--against paper`` picks a row without asking."""
+    by_key: dict[tuple[str, str], list[dict]] = {}
+    for r in reported.rows():
+        if r["arch"] is not None:
+            by_key.setdefault((r["arch"], r["dataset"]), []).append(r)
+    for (arch, dataset), found in by_key.items():
+        if len(found) > 1:
+            assert sum(bool(r.get("primary")) for r in found) == 1, [r["id"] for r in found]
+            assert reported.row_for(arch, dataset)["primary"] is True
 
 
 def test_rows_name_registered_architectures():
@@ -95,6 +108,33 @@ def test_numbers_as_the_notes_record_them():
     # missing numbers stay missing
     assert "72/255" not in reported.get_row("sll_s.cifar100")["certified"]
     assert reported.get_row("sll_s.cifar10")["clean"] is None
+
+
+def test_numbers_of_the_new_families_as_their_sources_print_them():
+    """Spot checks typed from the AOL paper (Tables 3-4), the AOL README, 1LLC Table 4 and the LOT rebuttal."""
+    aol = reported.get_row("aol_l.cifar10")
+    assert (aol["clean"], aol["certified"]) == (71.6, {"36/255": 64.0, "72/255": 56.4, "108/255": 49.0,
+                                                       "255/255": 23.7})
+    assert aol["unverified"] is False and aol["source"]["table"] == "Table 3" and aol["checkpoint"] == "last"
+    assert reported.get_row("aol_s.cifar100")["certified"] == {"36/255": 32.5, "72/255": 24.8, "108/255": 19.2,
+                                                               "255/255": 6.7}
+    readme = reported.get_row("aol_s.cifar10.readme")
+    assert (readme["clean"], readme["certified"]["36/255"], readme["unverified"]) == (70.3, 62.9, True)
+    assert reported.row_for("aol_s", "cifar10")["id"] == "aol_s.cifar10"  # the paper, not the README
+    cpl = reported.get_row("cpl_xl.cifar10")
+    assert (cpl["clean"], cpl["certified"]) == (78.5, {"36/255": 64.4, "72/255": 48.0, "108/255": 33.0})
+    assert reported.row_for("cayley_kwlarge", "cifar10")["certified"] == {"36/255": 59.1}  # 1LLC's quote
+    assert reported.get_row("cayley_kwlarge.cifar10.aol")["certified"] == {"36/255": 59.2}  # AOL's quote
+    soc = reported.get_row("lot-rebuttal.soc_lipconvnet5.tinyimagenet")
+    assert (soc["clean"], soc["certified"]["108/255"], soc["selected_on_test_set"]) == (30.77, 6.89, True)
+    # missing numbers stay missing
+    assert "255/255" not in cpl["certified"] and "72/255" not in reported.get_row("bcop_kwlarge.cifar10")["certified"]
+    assert not reported.rows_for("cpl_s") and not reported.rows_for("cayley_resnet9")
+    # every new family's paper is described, with the epoch it reports
+    papers = reported.papers()
+    assert {k: papers[k]["checkpoint"] for k in ("aol", "cpl", "cayley", "bcop", "soc-iclr22")} == {
+        "aol": "last", "cpl": "last", "cayley": "last", "bcop": "unknown", "soc-iclr22": "best"}
+    assert papers["sll"]["arxiv"] == "2303.03169"
 
 
 def test_reported_json_is_package_data():
