@@ -15,9 +15,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["manifest_path", "read", "entries_for", "lookup_repo", "record", "ManifestError"]
+__all__ = ["PACKAGED_PATH", "manifest_path", "read", "entries_for", "lookup_repo", "record", "ManifestError"]
 
-_DEFAULT = Path(__file__).resolve().parent / "hub" / "published.json"
+PACKAGED_PATH = Path(__file__).resolve().parent / "hub" / "published.json"
 
 
 class ManifestError(ValueError):
@@ -26,7 +26,7 @@ class ManifestError(ValueError):
 
 def manifest_path() -> Path:
     """The manifest in use: ``$LIPZOO_PUBLISHED_JSON`` (tests, scratch publishing) or ``lipzoo/hub/published.json``."""
-    return Path(os.environ.get("LIPZOO_PUBLISHED_JSON") or _DEFAULT)
+    return Path(os.environ.get("LIPZOO_PUBLISHED_JSON") or PACKAGED_PATH)
 
 
 def _load(path: Path) -> dict[str, dict[str, Any]]:

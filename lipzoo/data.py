@@ -4,7 +4,8 @@ Where the data comes from, in this order:
 
 1. an explicit ``root`` argument (``--data`` on the command line);
 2. the ``LIPZOO_DATA`` environment variable;
-3. the offline copy ``shared/data`` next to the repository root, when it exists;
+3. the offline copy ``shared/data`` next to the project checkout, when lipzoo runs from one
+   (:func:`lipzoo._checkout.shared_data_dir`);
 4. torchvision's download into ``~/.cache/lipzoo/data`` (needs internet).
 
 A root may hold torchvision's layouts (``cifar-10-batches-py/``, ``cifar-100-python/``) or the lossless WebP
@@ -26,6 +27,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ._checkout import shared_data_dir
+
 __all__ = ["load_cifar", "CIFAR", "DataNotFoundError", "find_root", "NUM_CLASSES", "cache_dir"]
 
 Name = Literal["cifar10", "cifar100"]
@@ -41,7 +44,6 @@ _CIFAR10_BIN_MD5 = {
     "data_batch_5": "53f37980c15c3d472c316c40844f3f0d",
     "test_batch": "803d5f7f4d78ea53de84dbe85f74fb6d",
 }
-_REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -71,7 +73,9 @@ def find_root(name: Name = "cifar10", root: str | os.PathLike | None = None) -> 
     elif os.environ.get("LIPZOO_DATA"):
         candidates.append(("LIPZOO_DATA", Path(os.environ["LIPZOO_DATA"])))
     else:
-        candidates.append(("offline copy", _REPO_ROOT.parent / "shared" / "data"))
+        shared = shared_data_dir()
+        if shared is not None:
+            candidates.append(("offline copy", shared))
         candidates.append(("download cache", cache_dir() / "data"))
     for source, path in candidates:
         if _has_layout(path, name):

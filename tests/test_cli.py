@@ -123,7 +123,7 @@ def test_a_run_folder_is_read_through_its_model_safetensors(capsys, checkpoints,
 
 
 def test_a_wrong_checkpoint_format_is_refused_by_argparse_up_front(capsys, checkpoints, monkeypatch):
-    import lipzoo._cli.certify as cli_certify
+    import lipzoo.cli.certify as cli_certify
 
     def no_model(*a, **k):  # the choice must be checked before any model is built
         raise AssertionError("model built before --checkpoint-format was checked")
@@ -209,8 +209,8 @@ class _FakeReport:
 @pytest.fixture
 def fake_verify(monkeypatch):
     """Record what ``lipzoo verify`` would verify, without downloading or certifying anything."""
-    import lipzoo._cli.certify as cli_certify
-    import lipzoo.verify as verify_module
+    import lipzoo.cli.certify as cli_certify
+    import lipzoo.verification as verify_module
 
     seen: dict = {}
 
@@ -270,7 +270,7 @@ def test_run_honours_data_and_n(capsys, monkeypatch, tmp_path):
     from types import SimpleNamespace
 
     import lipzoo.hub.server as server
-    import lipzoo.run as run
+    import lipzoo.cli.run as run
 
     data = REPO.parent / "shared" / "data"
     if not (data / "cifar10" / "test_batch.webp").exists():
@@ -300,7 +300,7 @@ def test_run_with_n_certifies_only_the_first_n_images(capsys, monkeypatch, cifar
 
     import lipzoo
     import lipzoo.hub.download as download
-    import lipzoo.run as run
+    import lipzoo.cli.run as run
 
     asked = {}
     monkeypatch.setattr(download, "download_and_report", lambda name, verify=None: asked.update(verify=verify) or 0)

@@ -1,9 +1,9 @@
 """The floors of the house (issue "One family, one place"): the package's import graph, lazy imports inside
 functions included, has no cycle between its parts, and no part imports a higher floor.
 
-    _numerics, _errors, _progress, _version, _hooks, data  <  layers  <  models  <  certify, convert  <  audit, verify,
-    reported  <  hub, train  <  _registry (the factory: builds, then asks the hub for weights)  <  cli, _cli, run,
-    the package root
+    _numerics, _errors, _progress, _version, _hooks, _manifest, _checkout, data  <  layers  <  models  <  certification,
+    convert  <  auditing, verification, attack, reported  <  hub, train  <  _factory (the factory: builds, then asks the hub for
+    weights)  <  cli (the one command), the package root
 
 A layer knows no model, the models never import the hub (the hub installs its weights loader into the builder),
 the certifier knows head rules, not families.
@@ -17,14 +17,15 @@ import lipzoo
 
 PACKAGE = Path(lipzoo.__file__).resolve().parent
 FLOORS = {
-    "_numerics": 0, "_errors": 0, "_progress": 0, "_version": 0, "_hooks": 0, "data": 0,
+    "_numerics": 0, "_errors": 0, "_progress": 0, "_version": 0, "_hooks": 0, "_manifest": 0, "_checkout": 0,
+    "data": 0,
     "layers": 1,
     "models": 2,
-    "certify": 3, "convert": 3,
-    "audit": 4, "verify": 4, "reported": 4,
+    "certification": 3, "convert": 3,
+    "auditing": 4, "verification": 4, "attack": 4, "reported": 4,
     "hub": 5, "train": 5,
-    "_registry": 6,
-    "cli": 7, "_cli": 7, "run": 7, "": 7,
+    "_factory": 6,
+    "cli": 7, "__main__": 7, "": 7,
 }
 
 

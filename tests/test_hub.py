@@ -245,7 +245,7 @@ def test_card_train_command_lists_only_changed_training_fields():
 
 
 def test_code_revision_is_dirty_only_for_code_changes(monkeypatch, tmp_path):
-    from lipzoo.hub import publish as publish_module
+    from lipzoo import _checkout
 
     git = shutil.which("git")
     if git is None:
@@ -257,14 +257,14 @@ def test_code_revision_is_dirty_only_for_code_changes(monkeypatch, tmp_path):
         (tmp_path / name).write_text(text)
     for cmd in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c"]):
         subprocess.run([git, *cmd], cwd=tmp_path, env=env, check=True)
-    monkeypatch.setattr(publish_module, "REPO_ROOT", tmp_path)
-    sha, dirty = publish_module._code_revision()
+    monkeypatch.setattr(_checkout, "project_root", lambda: tmp_path)
+    sha, dirty = _checkout.code_revision()
     assert sha and len(sha) == 40 and not dirty
     (tmp_path / "hub/lipzoo/m/README.md").write_text("new card\n")
     (tmp_path / "lipzoo/hub/published.json").write_text('{"m": 1}\n')
-    assert publish_module._code_revision() == (sha, False)
+    assert _checkout.code_revision() == (sha, False)
     (tmp_path / "lipzoo/layer.py").write_text("x = 2\n")
-    assert publish_module._code_revision() == (sha, True)
+    assert _checkout.code_revision() == (sha, True)
 
 
 def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
@@ -272,7 +272,6 @@ def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
     from safetensors.torch import save_file
 
     from lipzoo.hub import publish as P
-    from lipzoo.models import _builder
 
     hub = tmp_path / "hub"
     shutil.copytree(ctx["folder"], hub / REPO_ID)
@@ -281,7 +280,7 @@ def test_failed_publish_leaves_existing_repo_intact(ctx, monkeypatch, tmp_path):
     import torch
 
     save_file({"not.a.key": torch.zeros(2)}, str(bad))
-    monkeypatch.setattr(_builder, "PUBLISHED_JSON", tmp_path / "published.json")
+    monkeypatch.setenv("LIPZOO_PUBLISHED_JSON", str(tmp_path / "published.json"))
     with pytest.raises(Exception, match="not.a.key|Unexpected|Missing"):
         P.publish(bad, "sll_xs", "cifar10", hub=hub, upload=False, quick=True, quick_n=10)
     assert {p.name: sha256(p) for p in (hub / REPO_ID).iterdir()} == before

@@ -106,7 +106,7 @@ def test_fast_path_trains(tmp_path, tiny_data):
 
 
 def test_precision_is_part_of_the_recorded_recipe(tmp_path, tiny_data):
-    from lipzoo.train.cli import add_train_arguments, recipe_from_args
+    from lipzoo.cli.train import add_train_arguments, recipe_from_args
 
     assert get_recipe("soc_cpu").fast is False and get_recipe("sll_cpu").fast is True
     r = _recipe(epochs=1)
@@ -164,7 +164,7 @@ def test_each_loss_decreases_on_a_fixed_batch(kind):
 
 
 def test_certificate_regularisation_increases_the_mean_margin():
-    from lipzoo import certify
+    from lipzoo import certification as certify
 
     def mean_radius(gamma: float) -> float:
         model, x, y = _fixed_batch()
@@ -234,7 +234,7 @@ def test_ema_matches_a_hand_computed_average(tmp_path, tiny_data):
 
 
 def test_ema_weights_are_exported_and_certified(tmp_path, tiny_data):
-    from lipzoo import certify
+    from lipzoo import certification as certify
 
     r = _recipe(epochs=1, ema_decay=0.6)
     out = train(r, tmp_path / "run", data_root=str(tiny_data), fast=True, evaluate=True, progress=False,
@@ -293,7 +293,7 @@ def test_resume_of_a_checkpoint_older_than_a_recipe_field(tmp_path, tiny_data):
 
 
 def test_ema_decay_is_a_command_line_option():
-    from lipzoo.train.cli import add_train_arguments, recipe_from_args
+    from lipzoo.cli.train import add_train_arguments, recipe_from_args
 
     p = argparse.ArgumentParser()
     add_train_arguments(p)
@@ -304,7 +304,7 @@ def test_ema_decay_is_a_command_line_option():
 def test_long_sandwich_recipe_is_registered_and_valid():
     from lipzoo.train.loop import _augment_config, build_optimizer, build_scheduler
     from lipzoo.train.recipes import RECIPES, Recipe
-    from lipzoo.train.cli import add_train_arguments, recipe_from_args
+    from lipzoo.cli.train import add_train_arguments, recipe_from_args
 
     assert all(r.name == k for k, r in RECIPES.items())
     r = get_recipe("sandwich_cpu_long")

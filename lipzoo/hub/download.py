@@ -11,7 +11,7 @@
    ``config.json``, with a warning);
 4. refuses a ``config.json`` whose ``architecture`` names another model than the one being loaded, and weights
    with extra or missing keys;
-5. verifies: runs ``lipzoo.verify.verify`` against the claims in ``config.json`` (refused at once if an eps label
+5. verifies: runs ``lipzoo.verify`` against the claims in ``config.json`` (refused at once if an eps label
    does not name its value) unless a passing report with the same :func:`verification_key` is cached in
    ``~/.cache/lipzoo/verified/``. The key is everything that defines the measured function and what it is checked
    against: the weights' sha256, the architecture and exact constructor arguments of the model, the claims, the
@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from torch import nn
+
+from .. import _manifest
 
 __all__ = ["load_pretrained", "download_and_report", "HubError", "IntegrityError", "PickleRefusedError",
            "HubUnreachableError", "VerificationFailedError", "InvalidClaimsError", "verification_mode",
@@ -75,17 +77,10 @@ class InvalidClaimsError(HubError, ValueError):
 
 # ----------------------------------------------------------------------------------------------- helpers
 def registry_entry(repo_id: str, model_id: str | None = None) -> tuple[str | None, dict[str, Any] | None]:
-    """``(arch.tag, entry)`` of ``published.json`` for ``repo_id``: the entry ``model_id`` when it names that
-    repo, else the first entry whose ``hf_hub_id`` is ``repo_id``; ``(None, None)`` if there is none."""
-    from ..models._builder import published_weights
-
-    published = published_weights()
-    if model_id in published and published[model_id].get("hf_hub_id") == repo_id:
-        return model_id, published[model_id]
-    for key, entry in published.items():
-        if entry.get("hf_hub_id") == repo_id:
-            return key, entry
-    return None, None
+    """``(arch.tag, entry)`` of ``published.json`` for ``repo_id`` (:func:`lipzoo._manifest.lookup_repo`: the entry
+    ``model_id`` when it names that repo, else the first entry whose ``hf_hub_id`` is ``repo_id``); ``(None, None)``
+    if there is none."""
+    return _manifest.lookup_repo(repo_id, model_id) or (None, None)
 
 
 def _purge(paths: list[str]) -> None:
@@ -216,9 +211,9 @@ def verification_mode(verify: bool | str | None, claims: Mapping[str, Any]) -> s
 
 
 def _certifier_version() -> str:
-    from .. import certify
+    from ..certification import CERTIFIER_VERSION
 
-    return str(getattr(certify, "CERTIFIER_VERSION", "unknown"))
+    return CERTIFIER_VERSION
 
 
 class _NoCanonicalForm(Exception):
@@ -312,10 +307,10 @@ def _write_atomically(path: Path, record: Mapping[str, Any]) -> None:
 
 
 def _measure(model: nn.Module, claims: Mapping[str, Any], mode: str, name: str) -> Any:
-    """``lipzoo.verify.verify`` of ``model`` in eval mode (its training flag is restored afterwards), with a progress
+    """``lipzoo.verify`` of ``model`` in eval mode (its training flag is restored afterwards), with a progress
     bar and a note saying what is measured."""
     from .. import _progress
-    from ..verify import verify
+    from ..verification import verify
 
     what = "the full test split" if mode == "full" else "a class-stratified subset of the test split"
     _progress.note(f"{name}: verifying the claimed certified accuracies on {what} ({mode} mode; once per download)")
@@ -465,8 +460,8 @@ def _load_weights(model: nn.Module, data: bytes, where: str) -> None:
 
 def _check_claims(claims: Mapping[str, Any], where: str) -> None:
     """:class:`InvalidClaimsError` (a ``ValueError``) when the claims record cannot be verified as written, e.g. an
-    eps label that does not name its value (:func:`lipzoo.verify.claimed_eps`)."""
-    from ..verify import claimed_eps
+    eps label that does not name its value (:func:`lipzoo.verification.claimed_eps`)."""
+    from ..verification import claimed_eps
 
     try:
         claimed_eps(claims)
@@ -562,7 +557,7 @@ def _report_markdown(record: Mapping[str, Any]) -> str:
     try:
         from dataclasses import fields
 
-        from ..verify import Check, VerificationReport
+        from ..verification import Check, VerificationReport
 
         data = dict(record["report"])
         names = {f.name for f in fields(VerificationReport)} - {"result"}

@@ -24,11 +24,10 @@ GET/HEAD must carry ``Authorization: Bearer <token>``: the token is ``$LIPZOO_HU
 written to :func:`token_path` (mode 0600) for ``lipzoo publish`` to read. Requests whose ``Origin`` or
 ``Host`` is not this server's own (a web page in the user's browser, DNS rebinding) are refused.
 
-Command line: ``lipzoo hub serve [--port P] [--root hub/] [--allow-writes]``; Python:
+Command line: ``lipzoo hub serve [--port P] [--root hub/] [--allow-writes]`` (:mod:`lipzoo.cli.hub`); Python:
 ``with LocalHub(root) as hub: hub.endpoint`` (``LocalHub(root, allow_writes=True).token`` to write).
 """
 # no `from __future__ import annotations`: FastAPI must see the real types of the route parameters
-import argparse
 import base64
 import contextlib
 import errno
@@ -49,10 +48,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from .snapshot import check_repo_id, hub_dir, iter_repos, replace_dir, repo_files, run_git, snapshot_commit
+from .snapshot import HISTORY, check_repo_id, hub_dir, iter_repos, replace_dir, repo_files, run_git, snapshot_commit
 
-__all__ = ["DEFAULT_PORT", "LocalHub", "serve", "build_mirrors", "free_port", "endpoint_reachable", "main",
-           "ServeError", "token_path", "read_token", "write_token", "TOKEN_ENV"]
+__all__ = ["DEFAULT_PORT", "LocalHub", "serve", "build_mirrors", "free_port", "endpoint_reachable", "ServeError",
+           "token_path", "read_token", "write_token", "TOKEN_ENV"]
 
 DEFAULT_PORT = 18090
 STATUS_ROUTE = "/api/lipzoo-local/status"
@@ -97,10 +96,17 @@ def endpoint_reachable(endpoint: str, timeout: float = 3.0) -> bool:
 def build_mirrors(root: str | os.PathLike, mirrors: str | os.PathLike) -> dict[str, str]:
     """Snapshot every repo folder of ``root`` into ``<mirrors>/models/<org>/<name>``; ``{repo_id: sha}``.
 
-    Only regular files resolving inside ``root`` are taken; symlinked repo folders are skipped.
+    Only regular files resolving inside ``root`` are taken; symlinked repo folders are skipped. The revisions a
+    repo folder keeps (:mod:`lipzoo.hub.history`) are committed first, so their pinned shas resolve too.
     """
-    return {rid: snapshot_commit(Path(root) / rid, Path(mirrors) / "models" / rid, rid, within=root)
-            for rid in iter_repos(root)}
+    from .history import replay
+
+    out = {}
+    for rid in iter_repos(root):
+        git_dir = Path(mirrors) / "models" / rid
+        replay(Path(root) / rid, git_dir, rid)
+        out[rid] = snapshot_commit(Path(root) / rid, git_dir, rid, within=root)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- write token
@@ -183,6 +189,8 @@ def _apply_commit(root: Path, mirrors: Path, repo_id: str, lines: list[dict[str,
         for rel in repo_files(dest, root) if dest.is_dir() else []:
             (staging / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(dest / rel, staging / rel)
+        if (dest / HISTORY).is_dir() and not (dest / HISTORY).is_symlink():  # the kept revisions stay servable
+            shutil.copytree(dest / HISTORY, staging / HISTORY, symlinks=True)
         for line in lines:
             key, value = line.get("key"), line.get("value") or {}
             if key == "header":
@@ -529,10 +537,10 @@ def serve(root: str | os.PathLike | None = None, port: int = DEFAULT_PORT, state
                 shutil.rmtree(state, ignore_errors=True)
 
 
-# Runs this module without executing lipzoo/__init__.py, which imports torch and the model registry (seconds
-# of start-up on a busy CPU) that the server never uses. argv[1] is the lipzoo/hub folder.
+# Runs serve(**json.loads(argv[2])) without executing lipzoo/__init__.py, which imports torch and the model
+# registry (seconds of start-up on a busy CPU) that the server never uses. argv[1] is the lipzoo/hub folder.
 _BOOTSTRAP = """
-import sys, types
+import json, sys, types
 from pathlib import Path
 hub = Path(sys.argv[1])
 for name, path in (("lipzoo", hub.parent), ("lipzoo.hub", hub)):
@@ -540,8 +548,13 @@ for name, path in (("lipzoo", hub.parent), ("lipzoo.hub", hub)):
         module = types.ModuleType(name)
         module.__path__ = [str(path)]
         sys.modules[name] = module
-from lipzoo.hub.server import main
-sys.exit(main(sys.argv[2:]))
+from lipzoo.hub.server import ServeError, serve
+try:
+    serve(**json.loads(sys.argv[2]))
+except (ServeError, FileNotFoundError) as e:
+    sys.exit(f"lipzoo hub server: {e}")
+except KeyboardInterrupt:  # SIGTERM from LocalHub.stop: a requested stop
+    pass
 """
 
 
@@ -584,9 +597,9 @@ class LocalHub:
             raise FileNotFoundError(f"hub root {self.root} does not exist")
         self._state = Path(tempfile.mkdtemp(prefix="lipzoo-hub-"))
         log = open(self._state / "server.log", "wb")
-        args = ["--root", str(self.root), "--port", str(self.port), "--state-dir", str(self._state / "state"), "--quiet"]
-        args += ["--allow-writes"] if self.allow_writes else []
-        cmd = [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve().parent), *args]
+        kwargs = {"root": str(self.root), "port": self.port, "state_dir": str(self._state / "state"), "quiet": True,
+                  "allow_writes": self.allow_writes}  # the token goes in the environment: argv is visible in ps
+        cmd = [sys.executable, "-c", _BOOTSTRAP, str(Path(__file__).resolve().parent), json.dumps(kwargs)]
         env = {k: v for k, v in os.environ.items() if k != TOKEN_ENV} | {"PYTHONUNBUFFERED": "1"}
         if self.token:
             env[TOKEN_ENV] = self.token  # the environment, not argv: other users can read argv in ps
@@ -636,32 +649,3 @@ class LocalHub:
             self.stop()
         except Exception:
             pass
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LIPZOO_HUB_PORT", DEFAULT_PORT)),
-                        help=f"port on 127.0.0.1 (default {DEFAULT_PORT}, or $LIPZOO_HUB_PORT)")
-    parser.add_argument("--root", default=None, help="the hub folder to serve (default: $LIPZOO_HUB_DIR or the project's hub/)")
-    parser.add_argument("--allow-writes", action="store_true",
-                        help=f"accept uploads (lipzoo publish, HfApi) carrying the write token (${TOKEN_ENV}, else a "
-                             "random one in ~/.cache/lipzoo/hub-server/PORT.token); default: read-only")
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lipzoo.hub.server", description="Serve hub/ as a local HF hub")
-    add_arguments(parser)
-    parser.add_argument("--state-dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    try:
-        serve(args.root, args.port, state_dir=args.state_dir, quiet=args.quiet, allow_writes=args.allow_writes)
-    except (ServeError, FileNotFoundError) as e:
-        print(f"lipzoo hub server: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # SIGINT or SIGTERM: a requested stop
-        pass
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,12 +23,15 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from .._checkout import default_hub_dir
+
 __all__ = [
-    "REPO_ROOT", "hub_dir", "repo_dir", "check_repo_id", "iter_repos", "sha256_file", "snapshot_commit",
+    "hub_dir", "repo_dir", "check_repo_id", "iter_repos", "sha256_file", "snapshot_commit",
     "snapshot_revision", "replace_dir", "run_git", "GitUnavailableError", "repo_files",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent  # only for card.py's template, until it is package data
+HISTORY = ".revisions"  # kept superseded revisions of a repo folder (lipzoo.hub.history); never snapshotted
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _GIT_DATE = "946684800 +0000"  # 2000-01-01T00:00:00Z: fixed, so a snapshot's sha depends on content only
 _GIT_ENV = {
@@ -44,8 +47,9 @@ class GitUnavailableError(RuntimeError):
 
 
 def hub_dir(path: str | os.PathLike | None = None) -> Path:
-    """The hub folder: ``path``, else ``$LIPZOO_HUB_DIR``, else ``hub/`` at the project root."""
-    return Path(path or os.environ.get("LIPZOO_HUB_DIR") or REPO_ROOT / "hub")
+    """The hub folder: ``path``, else ``$LIPZOO_HUB_DIR``, else ``hub/`` of the project checkout
+    (:func:`lipzoo._checkout.default_hub_dir`: outside a checkout, a one-line error saying what to pass)."""
+    return Path(path) if path else default_hub_dir()
 
 
 def check_repo_id(repo_id: str) -> tuple[str, str]:
@@ -119,13 +123,14 @@ def repo_files(folder: str | os.PathLike, within: str | os.PathLike | None = Non
     """The files of a repo folder a snapshot takes, as sorted paths relative to ``folder``.
 
     Only regular files that resolve inside ``within`` (default: ``folder`` itself) count, so a symlink never
-    brings an outside file in; symlinked sub-folders are not entered and ``.git`` folders are skipped.
+    brings an outside file in; symlinked sub-folders are not entered; ``.git`` folders and the kept revisions
+    (:data:`HISTORY`, see :mod:`lipzoo.hub.history`) are skipped.
     """
     folder = Path(folder)
     root = Path(within or folder).resolve()
     out = []
     for dirpath, dirnames, filenames in os.walk(folder):  # followlinks=False: symlinked folders are not entered
-        dirnames[:] = [d for d in dirnames if d != ".git"]
+        dirnames[:] = [d for d in dirnames if d not in (".git", HISTORY)]
         out += [Path(dirpath, f).relative_to(folder) for f in filenames
                 if f != ".git" and _regular_inside(Path(dirpath, f), root)]
     return sorted(out)

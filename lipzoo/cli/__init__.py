@@ -1,4 +1,8 @@
-"""The ``lipzoo`` console command. Subcommands live in ``lipzoo/_cli/<group>.py`` (``register(subparsers)``).
+"""The one ``lipzoo`` command (``lipzoo``, ``python -m lipzoo``): a parser with one module per group of subcommands.
+
+Each module of this package that names a group (``core``, ``certify``, ``train``, ``hub``) has
+``register(subparsers)``, which adds its subcommands; ``run`` (the main job of ``make run``) and ``paper``
+(``verify --against``) are the code behind some of them.
 
 Building the parser imports neither torch nor timm (``lipzoo --help`` answers at once); each command imports what
 it needs when it runs. A mistake the user can fix (an unknown model or recipe, a missing or unreadable file, weights
@@ -8,10 +12,13 @@ that do not fit the model, an output folder that exists ...) ends in one line on
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
-_GROUPS = ("core", "certify", "train", "hub")
+from . import certify, core, hub, train
+
+__all__ = ["build_parser", "main"]
+
+_GROUPS = (core, certify, train, hub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,18 +26,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the command line; also LIPZOO_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for group in _GROUPS:
-        try:
-            module = importlib.import_module(f"lipzoo._cli.{group}")
-        except ModuleNotFoundError as e:
-            if e.name != f"lipzoo._cli.{group}":
-                raise
-            continue
-        module.register(sub)
+        group.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ._errors import EXIT_USER_ERROR, debug_requested, run_reporting_user_errors
+    """Run ``lipzoo ARGV`` (default ``sys.argv[1:]``) and return its exit code."""
+    from .._errors import EXIT_USER_ERROR, debug_requested, run_reporting_user_errors
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = debug_requested(argv)
@@ -41,7 +43,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     return run_reporting_user_errors(f"lipzoo {args.command}", lambda: args.func(args), debug=debug)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

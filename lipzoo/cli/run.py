@@ -1,4 +1,4 @@
-"""The main job behind ``make run`` / ``lipzoo run``.
+"""``lipzoo run``: the main job behind ``make run``.
 
 1. list the registry;
 2. if weights are published: start the embedded local hub (olah on 127.0.0.1) serving ``hub/``, download the
@@ -11,11 +11,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-
-import numpy as np
-import torch
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _print_registry() -> None:
@@ -33,12 +28,12 @@ def _print_registry() -> None:
 
 
 def _best_published() -> str | None:
-    import lipzoo
-    from .models._builder import published_weights
+    from .. import _manifest
 
-    pub = published_weights()
+    pub = _manifest.read()
     if not pub:
         return None
+
     def score(k: str) -> float:
         claims = pub[k].get("claims") or {}
         return float((claims.get("certified_accuracy") or {}).get("36/255", 0.0))
@@ -46,8 +41,11 @@ def _best_published() -> str | None:
 
 
 def _evaluate_random(n: int | None, data_root: str | None) -> int:
+    import torch
+
     import lipzoo
-    from .data import CIFAR
+    from ..certification import certify, eps_label
+    from ..data import CIFAR
 
     name = "sll_xs"
     print(f"\nevaluating {name} with RANDOM weights (no pretrained weights are published yet) on the CIFAR-10 test set")
@@ -56,19 +54,10 @@ def _evaluate_random(n: int | None, data_root: str | None) -> int:
     ds = CIFAR("cifar10", "test", root=data_root)
     x, y = ds.tensors(None if n is None else torch.arange(n).numpy())
     t = time.time()
-    try:
-        from .certify import certify
-
-        res = certify(model, x, y)
-        print(f"n={res.n}  clean accuracy {100 * res.clean_accuracy:.2f}%  (random weights)")
-        from .certify import eps_label
-
-        for eps, acc in res.certified_accuracy.items():
-            print(f"  certified accuracy at eps={eps_label(float(eps))}: {100 * acc:.2f}%")
-    except ImportError:
-        with torch.no_grad():
-            pred = torch.cat([model(x[i:i + 500]).argmax(1) for i in range(0, len(x), 500)])
-        print(f"n={len(y)}  clean accuracy {100 * float((pred == y).float().mean()):.2f}%  (random weights)")
+    res = certify(model, x, y)
+    print(f"n={res.n}  clean accuracy {100 * res.clean_accuracy:.2f}%  (random weights)")
+    for eps, acc in res.certified_accuracy.items():
+        print(f"  certified accuracy at eps={eps_label(float(eps))}: {100 * acc:.2f}%")
     print(f"({time.time() - t:.1f} s)")
     return 0
 
@@ -76,22 +65,24 @@ def _evaluate_random(n: int | None, data_root: str | None) -> int:
 def main_job(n: int | None = None, data_root: str | None = None) -> int:
     """``n``: evaluate on the first ``n`` test images only; ``data_root``: the CIFAR-10 folder (default: LIPZOO_DATA,
     ../shared/data, download). Both apply with and without published weights."""
-    from ._errors import LipzooUserError
+    from .._errors import LipzooUserError
 
     if n is not None and n <= 0:
         raise LipzooUserError(f"--n {n}: pass a positive number of test images")
     if data_root is not None:
-        from .data import find_root
+        from ..data import find_root
 
         find_root("cifar10", data_root)  # a folder without CIFAR-10 fails now, with what to do, not after the download
     _print_registry()
     best = _best_published()
     if best is None:
         return _evaluate_random(n, data_root)
-    from .hub.server import LocalHub
+    from ..hub.server import LocalHub
+    from ..hub.snapshot import hub_dir
 
-    print(f"\nstarting the local hub on 127.0.0.1 (serving {REPO_ROOT / 'hub'}) ...")
-    with LocalHub(root=REPO_ROOT / "hub") as hub:
+    root = hub_dir()  # $LIPZOO_HUB_DIR or the checkout's hub/
+    print(f"\nstarting the local hub on 127.0.0.1 (serving {root}) ...")
+    with LocalHub(root=root) as hub:
         env = dict(os.environ, HF_ENDPOINT=hub.endpoint)
         if data_root is not None:
             env["LIPZOO_DATA"] = str(Path(data_root).resolve())
@@ -104,7 +95,7 @@ def _download_and_verify_in_subprocess(name: str, env: dict[str, str], n: int | 
     import subprocess
     import sys
 
-    code = f"import sys\nfrom lipzoo.run import download_and_evaluate\nsys.exit(download_and_evaluate({name!r}, {n!r}))\n"
+    code = f"import sys\nfrom lipzoo.cli.run import download_and_evaluate\nsys.exit(download_and_evaluate({name!r}, {n!r}))\n"
     return subprocess.call([sys.executable, "-c", code], env=env)
 
 
@@ -112,19 +103,21 @@ def download_and_evaluate(name: str, n: int | None = None) -> int:
     """Download ``name`` and report (:func:`lipzoo.hub.download.download_and_report`); without ``n`` the claims are
     verified on the full test set on first download. With ``n``: the download is sha256-checked but not verified,
     and the first ``n`` test images are certified and shown beside the claims (a spot check, not a verification)."""
-    from .hub.download import download_and_report
+    from ..hub.download import download_and_report
 
     rc = download_and_report(name, verify=False if n is not None else None)
     if rc or n is None:
         return rc
+    import numpy as np
+
     import lipzoo
-    from .certify import certify, eps_label
-    from .data import CIFAR
-    from .models._builder import published_weights
+    from .. import _manifest
+    from ..certification import certify, eps_label
+    from ..data import CIFAR
 
     model = lipzoo.create_model(name, pretrained=True, verify=False).eval()  # from the local cache
     full = f"{model.pretrained_cfg.get('architecture')}.{model.pretrained_cfg.get('tag')}"
-    claims = published_weights().get(full, {}).get("claims") or {}
+    claims = _manifest.read().get(full, {}).get("claims") or {}
     x, y = CIFAR(claims.get("dataset", "cifar10"), "test").tensors(np.arange(n))
     t = time.time()
     res = certify(model, x, y)

@@ -1,18 +1,18 @@
-"""Command line of the training loop: ``lipzoo train`` == ``python -m lipzoo.train`` == ``scripts/train.py``.
+"""``lipzoo train``: the command line of the training loop (``scripts/train.py`` is a wrapper of it).
 
 Every recipe field is an option (``--epochs``, ``--lr``, ``--batch-size`` ...) overriding the named recipe.
-Distributed: ``torchrun --nproc_per_node=N -m lipzoo.train --recipe ... --out ...``.
+Distributed: ``torchrun --nproc_per_node=N -m lipzoo train --recipe ... --out ...``.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import typing
+from pathlib import Path
 
-from .recipes import RECIPES, Recipe, get_recipe
+from ..train.recipes import RECIPES, Recipe, get_recipe
 
-__all__ = ["add_train_arguments", "recipe_from_args", "run_from_args", "main"]
+__all__ = ["add_train_arguments", "recipe_from_args", "check_out_dir", "run_from_args", "register"]
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -76,8 +76,6 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 def check_out_dir(out: str, resume: bool) -> None:
     """Refuse, before any data or model is loaded, to start a new run in a folder that holds one."""
-    from pathlib import Path
-
     from .._errors import LipzooUserError
 
     out_dir = Path(out)
@@ -91,7 +89,7 @@ def check_out_dir(out: str, resume: bool) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     recipe = recipe_from_args(args)
     check_out_dir(args.out, args.resume)
-    from .loop import train
+    from ..train.loop import train
 
     result = train(recipe, args.out, resume=args.resume, data_root=args.data, device=args.device,
                    max_steps=args.max_steps, evaluate=not args.no_eval,
@@ -100,14 +98,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    import sys
-
-    from .._errors import debug_requested, run_reporting_user_errors
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = debug_requested(argv)
-    p = argparse.ArgumentParser(prog="lipzoo train", description=__doc__)
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train a model with a named recipe (resumable; torchrun for DDP)")
     add_train_arguments(p)
-    args = p.parse_args([a for a in argv if a != "--debug"])
-    return run_reporting_user_errors("lipzoo train", lambda: run_from_args(args), debug=debug)
+    p.set_defaults(func=run_from_args)

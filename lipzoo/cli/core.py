@@ -24,7 +24,7 @@ def _info(args) -> int:
 
 
 def _run(args) -> int:
-    from ..run import main_job
+    from .run import main_job
 
     return main_job(n=args.n, data_root=args.data)
 

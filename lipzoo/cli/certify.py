@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _add_model_args(p: argparse.ArgumentParser, random_init: bool = True) -> None:
-    from ..convert import CHECKPOINT_FORMATS  # no torch: the parser stays cheap
+    from ..convert import CHECKPOINT_FORMATS  # read from the registry on use: the parser stays cheap (no torch)
 
     p.add_argument("model", help="architecture (sll_xs) or published weights (sll_xs.cifar10)")
     src = p.add_mutually_exclusive_group()
@@ -18,8 +18,9 @@ def _add_model_args(p: argparse.ArgumentParser, random_init: bool = True) -> Non
         src.add_argument("--random-init", action="store_true",
                          help="use randomly initialised weights on purpose (otherwise a model without --pretrained "
                               "or --checkpoint is refused)")
-    p.add_argument("--checkpoint-format", default=None, choices=sorted(CHECKPOINT_FORMATS),
-                   help="the authors' format of --checkpoint (default: a lipzoo .safetensors state dict)")
+    p.add_argument("--checkpoint-format", default=None, choices=CHECKPOINT_FORMATS, metavar="FORMAT",
+                   help="the authors' format of --checkpoint, as the families declare them: %(choices)s (default: a "
+                        "lipzoo .safetensors state dict)")
     p.add_argument("--dataset", choices=("cifar10", "cifar100"), default=None,
                    help="default: from the claims (verify), else cifar10")
     p.add_argument("--data", default=None, help="dataset root (default: LIPZOO_DATA, ../shared/data, download)")
@@ -111,7 +112,7 @@ def _images(args: argparse.Namespace, dataset: str):
 
 # --------------------------------------------------------------------------------------------- certify
 def _certify(args: argparse.Namespace) -> int:
-    from lipzoo.certify import DEFAULT_EPS, certify, parse_eps, plot_certified_accuracy
+    from lipzoo.certification import DEFAULT_EPS, certify, parse_eps, plot_certified_accuracy
 
     _weights_source(args)
     eps = tuple(parse_eps(e) for e in args.eps) if args.eps else DEFAULT_EPS  # a bad --eps fails before the model loads
@@ -141,7 +142,7 @@ def _certify(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------- audit
 def _audit(args: argparse.Namespace) -> int:
-    from lipzoo.audit import audit
+    from lipzoo.auditing import audit
 
     _weights_source(args)
     _setup(args)
@@ -163,7 +164,7 @@ def _read_claims(path: str) -> dict:
     """A claims record from ``path``: claims.json, a results.json holding ``claims``, or a published config.json
     (its ``lipzoo.claims``)."""
     from .._errors import LipzooUserError
-    from ..verify import load_claims
+    from ..verification import load_claims
 
     text = Path(path).read_text()
     try:
@@ -180,22 +181,22 @@ def _read_claims(path: str) -> dict:
 
 def _published_claims(args: argparse.Namespace) -> dict:
     """The claims published with the weights ``args.model`` names (``arch.tag``, or ``arch --pretrained``)."""
+    from .. import _manifest
     from .._errors import LipzooUserError
-    from .._registry import _pretrained_tag, resolve_name
-    from ..models._builder import published_weights
+    from ..models._registry import pretrained_name, resolve_name
 
     if args.checkpoint:
         raise LipzooUserError("verify --checkpoint needs --claims (claims.json, results.json or config.json): "
                               "a local checkpoint has no published claims")
-    name = _pretrained_tag(resolve_name(args.model))
-    claims = published_weights().get(name, {}).get("claims")
+    name = pretrained_name(resolve_name(args.model))
+    claims = _manifest.read().get(name, {}).get("claims")
     if not claims:
         raise LipzooUserError(f"no claims are published for {name}: pass --claims")
     return dict(claims)
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from lipzoo.verify import verify
+    from lipzoo.verification import verify
 
     from .paper import refuse_without_against, verify_against_paper
 

@@ -1,0 +1,6 @@
+"""``python -m lipzoo`` == ``lipzoo`` (also ``torchrun -m lipzoo train ...``)."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
