@@ -208,6 +208,7 @@ def _network_from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]
     model = model.to(dtype)
     with torch.no_grad():  # the authors' Normalize casts the Python-float mean/std to the input dtype
         model.normalize.mean.copy_(torch.tensor(mean, dtype=dtype).view(1, -1, 1, 1))
+        model.normalize.std.copy_(torch.tensor(std, dtype=dtype).view(1, -1, 1, 1))
     model.load_state_dict(_convert(state, model, keep_estimates=True), strict=True)
     return model
 
