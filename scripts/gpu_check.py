@@ -165,7 +165,7 @@ def check_train(device: torch.device, sizes: dict[str, int], workdir: Path) -> d
 
 def _check_torchrun(device: torch.device, sizes: dict[str, int], out: Path, subset: int) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=1", "--master_port=29533",
-           "-m", "lipzoo.train", "--recipe", "sll_cpu", "--out", str(out), "--device", str(device),
+           "-m", "lipzoo", "train", "--recipe", "sll_cpu", "--out", str(out), "--device", str(device),
            "--epochs", "1", "--batch-size", str(sizes["train_batch"]), "--train-subset", str(subset),
            "--eval-subset", str(sizes["eval_images"]), "--no-progress"]
     t = time.perf_counter()

@@ -30,7 +30,6 @@ __all__ = [
     "snapshot_revision", "replace_dir", "run_git", "GitUnavailableError", "repo_files",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent  # only for card.py's template, until it is package data
 HISTORY = ".revisions"  # kept superseded revisions of a repo folder (lipzoo.hub.history); never snapshotted
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _GIT_DATE = "946684800 +0000"  # 2000-01-01T00:00:00Z: fixed, so a snapshot's sha depends on content only
