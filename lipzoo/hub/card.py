@@ -1,41 +1,125 @@
-"""Model cards: ``README.md`` of a published repo, rendered from ``model_cards/template.md``.
+"""Model cards: ``README.md`` of a published repo, rendered from the package's ``templates/model_card.md``.
 
 The front matter is built with ``huggingface_hub.ModelCardData`` and ``EvalResult``: ``library_name: timm``,
 license, tags, datasets, and a ``model-index`` with the clean accuracy (``type: accuracy``) and one
 ``type: certified_accuracy`` metric per eps (``args: {norm: L2, eps: <float>, eps_label: '36/255'}``). Values
 are fractions in [0, 1], exactly as in the claims record, so :func:`claims_from_card` gives the claims back.
+
+The template is package data (found with ``importlib.resources``), so ``lipzoo publish`` works from a wheel.
+A card is read by Hub users on other machines: it carries no local path (:func:`portable_path`).
 """
 from __future__ import annotations
 
+import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .snapshot import REPO_ROOT
+from .. import _checkout
 
-__all__ = ["TEMPLATE", "DATASET_NAMES", "claims_to_eval_results", "claims_from_eval_results", "claims_from_card",
-           "model_stats", "render_card"]
+__all__ = ["TEMPLATE", "DATASET_NAMES", "LABEL_NAMES", "DEFAULT_REPO_URL", "claims_to_eval_results",
+           "claims_from_eval_results", "claims_from_card", "model_stats", "render_card", "template_text",
+           "default_repo_url", "portable_path", "training_summary"]
 
-TEMPLATE = REPO_ROOT / "model_cards" / "template.md"
+TEMPLATE = ("templates", "model_card.md")  # inside the lipzoo package
+DEFAULT_REPO_URL = "https://github.com/lipzoo/lipzoo"  # when neither pyproject.toml nor the metadata name one
 DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+# class names by output index, as timm's ``save_for_hf`` writes them (``label_names`` in config.json)
+LABEL_NAMES = {"cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
 CERTIFIED = "certified_accuracy"
-_RULES = {
-    "lln": "LLN head: min over all classes j != top of (z_top - z_j) / (||w_top - w_j|| L)",
-    "lipschitz": "1-Lipschitz head: (z_top - z_second) / (sqrt(2) L)",
-    "mlp_curvature": "curvature-bounded MLP head (Singla et al., NeurIPS 2022), divided by L",
-}
+
+
+def _radius_rule(name: str | None) -> tuple[str, str]:
+    """(the radius formula, what the stated bound covers) of a claims record's head rule, as the certifier's
+    :class:`~lipzoo.certification.HeadRule` states them (an unknown name is shown as it is)."""
+    from ..certification.rules import HEAD_RULES
+
+    rule = HEAD_RULES.get(name or "")
+    if rule is None:
+        return name or "", "input normalisation and body"
+    return rule.card_text, "whole network" if rule.covers_head else "input normalisation and body"
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
+def template_text(path: str | os.PathLike | None = None) -> str:
+    """The card template: ``path``, else ``templates/model_card.md`` of the installed lipzoo package."""
+    if path is not None:
+        return Path(path).read_text(encoding="utf-8")
+    return resources.files("lipzoo").joinpath(*TEMPLATE).read_text(encoding="utf-8")
+
+
+def default_repo_url() -> str:
+    """The project's repository URL: ``[project.urls]`` of the checkout's ``pyproject.toml`` (Repository, Source or
+    Homepage), else the same entry of the installed package's metadata, else :data:`DEFAULT_REPO_URL`."""
+    keys = ("repository", "source", "homepage")
+    root = _checkout.project_root()
+    try:
+        import tomllib
+
+        urls = tomllib.loads((root / "pyproject.toml").read_text()).get("project", {}).get("urls", {}) if root else {}
+        found = {k.lower(): v for k, v in urls.items()}
+    except (ImportError, ValueError, OSError):  # Python 3.10, or an unreadable file
+        found = {}
+    if not found:
+        from importlib.metadata import PackageNotFoundError, metadata
+
+        try:
+            entries = metadata("lipzoo").get_all("Project-URL") or []
+        except PackageNotFoundError:
+            entries = []
+        found = {k.strip().lower(): v.strip() for k, _, v in (e.partition(",") for e in entries)}
+    return next((found[k] for k in keys if found.get(k)), DEFAULT_REPO_URL)
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """How a card, config or claims record names a local file or folder of the publishing machine: relative to the
+    project when inside it (``runs/sll_xs.cifar10``), else only the run folder's name (a folder, or a file's
+    folder and name: ``sll_xs.cifar10/model.safetensors``). Never an absolute path."""
+    p, root = Path(os.path.abspath(path)), _checkout.project_root()
+    if root is not None and p.is_relative_to(root):
+        return p.relative_to(root).as_posix()
+    if p.is_file() and p.parent.name:
+        return f"{p.parent.name}/{p.name}"
+    return p.name or "."
+
+
+def training_summary(log: list[Mapping[str, Any]], record: Mapping[str, Any] | None = None,
+                     hardware: str | None = None) -> tuple[str | None, str | None]:
+    """``(training time, hardware)`` lines of a card from a run's ``log.jsonl`` records (one per epoch: ``seconds``,
+    ``images_per_s``, optional ``cpu_seconds``) and its ``results.json`` (``platform``, ``torch``, optional
+    ``hardware``/``device``). ``hardware`` overrides what the record says. ``None`` for what is not recorded."""
+    epochs = [r for r in log if not r.get("partial") and isinstance(r.get("seconds"), (int, float))]
+    time_line = None
+    if epochs:
+        wall = sum(float(r["seconds"]) for r in epochs)
+        time_line = f"{wall / 3600:.2f} h wall clock for {len(epochs)} epochs ({wall / len(epochs):.0f} s per epoch"
+        speeds = sorted(float(r["images_per_s"]) for r in epochs if r.get("images_per_s"))
+        if speeds:
+            time_line += f", median {speeds[len(speeds) // 2]:.0f} images/s"
+        cpu = [float(r["cpu_seconds"]) for r in epochs if isinstance(r.get("cpu_seconds"), (int, float))]
+        if len(cpu) == len(epochs):
+            time_line += f"; {sum(cpu) / 3600:.2f} h CPU time of the training process"
+        time_line += "), from the run's log.jsonl"
+    record = record or {}
+    parts = [hardware or record.get("hardware") or record.get("device")]
+    if record.get("platform"):
+        parts.append(f"platform {record['platform']}")
+    if record.get("torch"):
+        parts.append(f"torch {record['torch']}")
+    hardware_line = ", ".join(str(p) for p in parts if p) or None
+    return time_line, hardware_line
+
+
 def claims_to_eval_results(claims: Mapping[str, Any]) -> list[EvalResult]:
     """The claims record as ``EvalResult``s: clean accuracy, then one certified accuracy per eps, each with its
     label and its value (``metric_args``). A record whose eps labels and values disagree is refused with a
-    ``ValueError`` (:func:`lipzoo.verify.claimed_eps`): a card never shows a label for another eps."""
-    from ..verify import claimed_eps
+    ``ValueError`` (:func:`lipzoo.verification.claimed_eps`): a card never shows a label for another eps."""
+    from ..verification import claimed_eps
 
     eps_values = claimed_eps(claims)
     common = dict(
@@ -142,15 +226,23 @@ def render_card(
     training_revision: str | None = None,
     license: str = "mit",
     template_path: str | Path | None = None,
+    repo_url: str | None = None,
+    label_names: list[str] | None = None,
+    training_time: str | None = None,
+    hardware: str | None = None,
+    extra_metrics: list[Mapping[str, str]] | None = None,
+    card_note: str | None = None,
 ) -> ModelCard:
     """Render the model card of one published repo.
 
     ``info``: ``family``, ``paper``, ``description`` and optionally ``bibtex`` of the architecture;
-    ``stats``: :func:`model_stats`; ``training``: the recipe (flat mapping) or ``None``.
+    ``stats``: :func:`model_stats`; ``training``: the recipe (flat mapping) or ``None``; ``training_time`` and
+    ``hardware``: :func:`training_summary`; ``repo_url``: the code's repository (default :func:`default_repo_url`);
+    ``label_names``: class names by output index; ``extra_metrics``: more rows (``name``, ``value``, ``method``),
+    e.g. an empirical robust accuracy. Commands and paths must already be portable (:func:`portable_path`).
     """
-    template = Path(template_path or TEMPLATE)
-    if not template.is_file():
-        raise FileNotFoundError(f"model card template {template} not found; pass template_path= or run from a lipzoo checkout")
+    from .server import DEFAULT_PORT
+
     model_id = f"{arch}.{tag}"
     dataset = claims["dataset"]
     family = info.get("family", "")
@@ -160,12 +252,13 @@ def render_card(
         datasets=[dataset], metrics=["accuracy", CERTIFIED], model_name=model_id,
         eval_results=claims_to_eval_results(claims),
     )
-    cert = claims["certified_accuracy"]
+    eps = claims.get("eps", {})
+    cert = dict(sorted(claims["certified_accuracy"].items(), key=lambda kv: float(eps.get(kv[0], 0))))  # by radius
     first = next(iter(cert), None)
     summary = (f"A certifiably robust {family.upper()} network (`{arch}`) trained on "
                f"{DATASET_NAMES.get(dataset, dataset)}: clean accuracy {_pct(claims['clean_accuracy'])}"
                + (f", certified l2 robust accuracy {_pct(cert[first])} at eps={first}" if first else "")
-               + ". Every number on this card was measured by lipzoo's certifier and is re-checked on download.")
+               + ". Every accuracy on this card was measured by lipzoo's certifier and is re-checked on download.")
     subset = claims.get("subset", "full")
     rows = [{"label": k, "value": f"{float(claims['eps'][k]):.4f}", "accuracy": _pct(v)} for k, v in cert.items()]
     if subset == "full" or subset.startswith("first_"):
@@ -174,22 +267,24 @@ def render_card(
         reproduce = "\n".join([
             "python - <<'EOF'",
             "import lipzoo",
-            "from lipzoo.certify import certify",
+            "from lipzoo import certify",
             "from lipzoo.data import CIFAR",
-            "from lipzoo.verify import quick_subset_indices",
+            "from lipzoo.verification import quick_subset_indices",
             f"model = lipzoo.create_model({model_id!r}, pretrained=True)",
             f"images, labels = CIFAR({dataset!r}, 'test').tensors()",
             "idx = quick_subset_indices(labels)",
             f"print(certify(model, images[idx], labels[idx]).to_claims({dataset!r}, 'test', 'quick'))",
             "EOF",
         ])
-    scope = "input normalisation and body" if claims.get("head_rule", "lln") != "lipschitz" else "whole network"
+    radius_rule, scope = _radius_rule(claims.get("head_rule"))
     norm = float(stats["norm_factor"])
     norm_effect = ("the std is 1, so the normalisation does not change the radius." if abs(norm - 1) < 1e-12 else
                    f"without it, radii in normalised space would be {norm:.4g} times larger than the pixel-space "
                    "radii reported here.")
     card = ModelCard.from_template(
-        card_data, template_path=str(template),
+        card_data, template_str=template_text(template_path), dataset=dataset, repo_url=repo_url or default_repo_url(),
+        label_names=list(label_names or []), training_time=training_time, hardware=hardware,
+        extra_metrics=list(extra_metrics or []), card_note=card_note, local_hub_port=DEFAULT_PORT,
         model_id=model_id, repo_id=repo_id, arch=arch, summary=summary, quick_subset=subset != "full",
         subset_description="lipzoo.verify's quick subset (100 images per class)" if subset == "quick"
         else f"the first {claims['n']} test images",
@@ -199,7 +294,7 @@ def render_card(
         params_m=f"{stats['params'] / 1e6:.2f}", gmacs=f"{stats['gmacs']:.3f}" if stats.get("gmacs") is not None else "n/a",
         image_size="x".join(str(s) for s in stats.get("input_size", [3, 32, 32])[1:]),
         lipschitz_bound=f"{float(claims.get('lipschitz_bound', stats['lipschitz_bound'])):.8g}", bound_scope=scope,
-        radius_rule=_RULES.get(claims.get("head_rule", ""), claims.get("head_rule", "")),
+        radius_rule=radius_rule,
         mean=_fmt(stats["mean"]), std=_fmt(stats["std"]), norm_factor=f"{norm:.4g}", norm_effect=norm_effect,
         license=license, split=claims.get("split", "test"), n=claims["n"], subset=subset,
         certifier_version=claims.get("certifier_version", "?"), dtype=claims.get("dtype", "float32"),

@@ -19,15 +19,14 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .snapshot import REPO_ROOT, GitUnavailableError, check_repo_id, hub_dir, replace_dir, sha256_file, snapshot_revision
+from .. import _checkout, _manifest
+from .snapshot import HISTORY, GitUnavailableError, check_repo_id, hub_dir, replace_dir, sha256_file, snapshot_revision
 
 __all__ = ["publish", "PublishResult", "PublishError", "record_published", "published_json_path", "resolve_endpoint"]
 
@@ -66,35 +65,17 @@ class PublishResult:
 
 
 def published_json_path() -> Path:
-    """The registry file publish writes (``$LIPZOO_PUBLISHED_JSON`` or ``lipzoo/hub/published.json``)."""
-    from ..models import _builder
-
-    return Path(_builder.PUBLISHED_JSON)
+    """The manifest publish writes (``$LIPZOO_PUBLISHED_JSON`` or ``lipzoo/hub/published.json``)."""
+    return _manifest.manifest_path()
 
 
 def record_published(model_id: str, entry: Mapping[str, Any], path: str | os.PathLike | None = None) -> Path:
-    """Add or replace ``model_id`` in ``published.json``, under a lock, by an atomic rename."""
-    from filelock import FileLock
-
-    from ..data import cache_dir
-
-    path = Path(path or published_json_path())
-    lock_dir = cache_dir() / "locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(lock_dir / f"published-{uuid.uuid5(uuid.NAMESPACE_URL, str(path.resolve())).hex}.lock"))
-    with lock:
-        data: dict[str, Any] = {}
-        if path.exists() and path.read_text().strip():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise PublishError(f"{path} is not valid JSON ({e}); restore it (e.g. from git) before publishing") from e
-        data[model_id] = dict(entry)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    return path
+    """Add or replace ``model_id`` in the manifest (:func:`lipzoo._manifest.record`: locked, atomic); an
+    unreadable manifest is a :class:`PublishError`, and is left as it is."""
+    try:
+        return _manifest.record(model_id, entry, path)
+    except _manifest.ManifestError as e:
+        raise PublishError(f"{e} before publishing") from e
 
 
 def resolve_endpoint(endpoint: str | None = None, token: str | None = None) -> tuple[str, str | None]:
@@ -140,22 +121,11 @@ def _is_loopback(endpoint: str) -> bool:
     return (urlsplit(endpoint).hostname or "") in ("127.0.0.1", "localhost", "::1")
 
 
-def _code_revision() -> tuple[str | None, bool]:
-    """``(git sha of the project's HEAD, dirty?)``; ``(None, False)`` outside a git checkout. Dirty means uncommitted
-    changes to the code (the package and ``hubconf.py``), not to the published data (``hub/``, ``results/``, the
-    registry), which a publish itself writes."""
-    git = shutil.which("git")
-    if git is None or not (REPO_ROOT / ".git").exists():
-        return None, False
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}  # this checkout, not a hook's repo
-    try:
-        sha = subprocess.run([git, "rev-parse", "HEAD"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run([git, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--",
-                                "lipzoo", "hubconf.py", ":(exclude)lipzoo/hub/published.json"], cwd=REPO_ROOT, env=env,
-                               capture_output=True, text=True, timeout=10)
-        return (sha.stdout.strip() or None), bool(dirty.stdout.strip())
-    except (OSError, subprocess.SubprocessError):
-        return None, False
+def _is_project_data(registry: Path, hub_root: Path) -> bool:
+    """Whether publishing would write the project's own manifest or its checkout's ``hub/`` folder."""
+    root = _checkout.project_root()
+    return (registry.resolve() == _manifest.PACKAGED_PATH.resolve()
+            or (root is not None and hub_root.resolve() == (root / "hub").resolve()))
 
 
 def _load_weights(model, checkpoint: Path) -> Path | None:
@@ -231,6 +201,7 @@ def _upload(folder: Path, repo_id: str, model_id: str, sha: str, endpoint: str, 
     api = HfApi(endpoint=endpoint, token=token, library_name="lipzoo")
     api.create_repo(repo_id, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), delete_patterns="*",
+                             ignore_patterns=f"{HISTORY}/*",  # kept old revisions are the local hub's business
                              commit_message=f"Publish {model_id} (model.safetensors sha256 {sha[:16]})")
     return info.oid
 
@@ -251,6 +222,8 @@ def publish(
     upload: bool = True,
     token: str | None = None,
     license: str = "mit",
+    repo_url: str | None = None,
+    hardware: str | None = None,
 ) -> PublishResult:
     """Certify ``checkpoint`` as ``<arch>.<tag>``, write its repo into the hub folder, upload it, record it.
 
@@ -268,16 +241,21 @@ def publish(
         quick: certify only ``lipzoo.verify``'s quick subset (1000 stratified test images; subset ``"quick"``)
             or, with ``quick_n``, the first ``quick_n`` images (subset ``"first_<n>"``). For tests: refused for
             the project's own ``hub/`` and ``published.json``.
+        repo_url: the code's repository named on the card (default: ``[project.urls]`` of ``pyproject.toml``).
+        hardware: what the run was trained on, for the card (default: what ``results.json`` records).
+
+    The card's training time comes from the run's ``log.jsonl`` when there is one. No local path is written
+    into the card or ``config.json``: the checkpoint is named relative to the project, or by its run folder.
     """
     import torch
 
     import timm
 
     from .._version import __version__
-    from ..certify import certify, plot_certified_accuracy
+    from ..certification import certify, plot_certified_accuracy
     from ..data import CIFAR, NUM_CLASSES
-    from ..models._builder import ARCHS, resolve_name
-    from .card import DATASET_NAMES, model_stats, render_card
+    from ..models._builder import resolve_name
+    from .card import DATASET_NAMES, default_repo_url, portable_path, training_summary
 
     arch = resolve_name(arch)
     if "." in arch:
@@ -289,11 +267,10 @@ def publish(
         raise PublishError(f"the tag must start with the dataset it was trained on ({', '.join(NUM_CLASSES)}), got {tag!r}")
     model_id = f"{arch}.{tag}"
     repo_id = repo_id or f"lipzoo/{model_id}"
-    org, name = check_repo_id(repo_id)
+    check_repo_id(repo_id)
     hub_root = hub_dir(hub)
     registry = published_json_path()
-    if quick and (registry.resolve() == (REPO_ROOT / "lipzoo" / "hub" / "published.json").resolve()
-                  or hub_root.resolve() == (REPO_ROOT / "hub").resolve()):
+    if quick and _is_project_data(registry, hub_root):
         raise PublishError("--quick claims are for tests only: point LIPZOO_PUBLISHED_JSON and --hub-dir (or "
                            "LIPZOO_HUB_DIR) at scratch locations, or publish without --quick")
     messages: list[str] = []
@@ -313,7 +290,7 @@ def publish(
     if quick and quick_n:
         images, labels, subset = images[:quick_n], labels[:quick_n], f"first_{min(quick_n, len(labels))}"
     elif quick:
-        from ..verify import quick_subset_indices
+        from ..verification import quick_subset_indices
 
         idx = torch.from_numpy(quick_subset_indices(labels))
         images, labels, subset = images[idx], labels[idx], "quick"
@@ -325,43 +302,118 @@ def publish(
                         "the card uses the measurement")
 
     # 3. the repo folder, built beside the old one
-    code_revision, dirty = _code_revision()
+    code_revision, dirty = _checkout.code_revision()
     recipe = (record or {}).get("recipe") or None
-    info = ARCHS[arch]
-    hub_root.joinpath(org).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=hub_root / org))
-    try:
+    command = f"lipzoo publish {portable_path(checkpoint)} --arch {arch} --tag {tag}"
+    command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
+    command += (" --quick" + (f" --quick-n {quick_n}" if quick_n else "")) if quick else ""
+    training_time, hardware = training_summary(_run_log(run_dir), record, hardware)
+    provenance = Provenance(
+        code_revision=code_revision, code_dirty=dirty, lipzoo_version=__version__, publish_command=command,
+        repo_url=repo_url or default_repo_url(), training_time=training_time, hardware=hardware,
+        training={"recipe": recipe, "git_revision": (record or {}).get("git_revision"),
+                  "torch": (record or {}).get("torch")} if record else None)
+
+    def fill(staging: Path) -> str:
         from safetensors.torch import save_file
-        from timm.models._hub import save_config_for_hf
 
         state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
         save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt"})
         sha = sha256_file(staging / "model.safetensors")
-        block = {
-            "family": info.family, "arch": arch, "tag": tag, "paper": info.paper, "claims": claims,
-            "sha256": sha, "code_revision": code_revision, "code_dirty": dirty, "lipzoo_version": __version__,
-            "training": {"recipe": recipe, "git_revision": (record or {}).get("git_revision"),
-                         "torch": (record or {}).get("torch")} if record else None,
-        }
-        save_config_for_hf(model, str(staging / "config.json"), model_config={
-            "pretrained_cfg": {"tag": tag, "license": license, "paper_name": info.paper, "description": info.description},
-            "lipzoo": block,
-        })
         plot_certified_accuracy(result, staging / "certified_accuracy.png",
                                 title=f"{model_id}: {DATASET_NAMES[dataset]} test, n={claims['n']}")
-        command = f"lipzoo publish {checkpoint} --arch {arch} --tag {tag}"
-        command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
-        command += (" --quick" + (f" --quick-n {quick_n}" if quick_n else "")) if quick else ""
-        card = render_card(
-            repo_id=repo_id, arch=arch, tag=tag, claims=claims, stats=model_stats(model), sha256=sha,
-            info={"family": info.family, "paper": info.paper, "description": info.description,
-                  "bibtex": info.extra.get("bibtex")},
-            code_revision=code_revision, code_dirty=dirty,
-            publish_command=command, training=recipe, license=license,
-            train_command=_train_command(recipe, model_id) if recipe else None,
-            training_revision=(record or {}).get("git_revision"),
-        )
-        card.save(str(staging / "README.md"))
+        write_config_and_card(staging, model, repo_id=repo_id, arch=arch, tag=tag, claims=claims, sha256=sha,
+                              provenance=provenance, license=license)
+        return sha
+
+    folder, sha, revision = _build_repo(hub_root, repo_id, fill, messages)
+
+    # 4. upload, then record (the hub folder is the offline truth even when the upload fails)
+    out = PublishResult(model_id, repo_id, folder, sha, claims, revision, messages=messages)
+    entry = {"hf_hub_id": repo_id, "revision": revision, "sha256": sha, "num_classes": NUM_CLASSES[dataset],
+             "dataset": dataset, "claims": claims}
+    return _upload_and_record(out, entry, hub_root, registry, upload=upload, endpoint=endpoint, token=token)
+
+
+@dataclass
+class Provenance:
+    """Where a published repo comes from, as its ``config.json`` (``lipzoo`` block) and card state it. Every path
+    in it is portable (:func:`lipzoo.hub.card.portable_path`). ``card_code_revision``: the code that rewrote the
+    card and config of an existing repo (``lipzoo publish --card-only``), when it is not the publishing code."""
+
+    code_revision: str | None
+    code_dirty: bool
+    lipzoo_version: str
+    publish_command: str
+    repo_url: str
+    training: dict[str, Any] | None = None
+    training_time: str | None = None
+    hardware: str | None = None
+    card_code_revision: str | None = None
+
+
+def write_config_and_card(folder: Path, model, *, repo_id: str, arch: str, tag: str, claims: Mapping[str, Any],
+                          sha256: str, provenance: Provenance, license: str = "mit") -> None:
+    """Write ``config.json`` (timm's ``save_config_for_hf`` layout with ``label_names``, plus the ``lipzoo`` block)
+    and the ``README.md`` model card of ``model`` (its weights hash ``sha256``) into ``folder``."""
+    from timm.models._hub import save_config_for_hf
+
+    from ..models._builder import ARCHS
+    from .card import LABEL_NAMES, model_stats, render_card
+
+    info = ARCHS[arch]
+    labels = LABEL_NAMES.get(claims["dataset"])
+    p = provenance
+    block = {
+        "family": info.family, "arch": arch, "tag": tag, "paper": info.paper, "claims": dict(claims),
+        "sha256": sha256, "code_revision": p.code_revision, "code_dirty": p.code_dirty,
+        "lipzoo_version": p.lipzoo_version, "repo_url": p.repo_url, "publish_command": p.publish_command,
+        "training": {**p.training, "time": p.training_time, "hardware": p.hardware} if p.training else None,
+    }
+    if p.card_code_revision:
+        block["card_code_revision"] = p.card_code_revision
+    model_config: dict[str, Any] = {
+        "pretrained_cfg": {"tag": tag, "license": license, "paper_name": info.paper, "description": info.description},
+        "lipzoo": block,
+    }
+    if labels and len(labels) == model.num_classes:
+        model_config["label_names"] = list(labels)
+    save_config_for_hf(model, str(folder / "config.json"), model_config=model_config)
+    recipe = (p.training or {}).get("recipe") or None
+    model_id = f"{arch}.{tag}"
+    card = render_card(
+        repo_id=repo_id, arch=arch, tag=tag, claims=claims, stats=model_stats(model), sha256=sha256,
+        info={"family": info.family, "paper": info.paper, "description": info.description,
+              "bibtex": info.extra.get("bibtex")},
+        code_revision=p.code_revision, code_dirty=p.code_dirty, publish_command=p.publish_command,
+        training=recipe, license=license, train_command=_train_command(recipe, model_id) if recipe else None,
+        training_revision=(p.training or {}).get("git_revision"), repo_url=p.repo_url, label_names=labels,
+        training_time=p.training_time, hardware=p.hardware,
+        card_note=f"card and config.json rewritten by code revision `{p.card_code_revision}` "
+                  "(`lipzoo publish --card-only`); weights and claims unchanged" if p.card_code_revision else None,
+    )
+    card.save(str(folder / "README.md"))
+
+
+def _run_log(run_dir: Path | None) -> list[dict[str, Any]]:
+    """The epoch records of a training run's ``log.jsonl`` (empty when there is none or a line is not JSON)."""
+    path = run_dir / "log.jsonl" if run_dir else None
+    if path is None or not path.is_file():
+        return []
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except json.JSONDecodeError:
+        return []
+
+
+def _build_repo(hub_root: Path, repo_id: str, fill, messages: list[str]) -> tuple[Path, str, str | None]:
+    """Build the repo folder of ``repo_id`` beside the old one (``fill(staging)`` writes the files and returns the
+    weights' sha256), compute its snapshot revision and swap it in. Returns ``(folder, sha256, revision)``."""
+    org, name = check_repo_id(repo_id)
+    hub_root.joinpath(org).mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.staging-", dir=hub_root / org))
+    try:
+        sha = fill(staging)
         try:
             revision = snapshot_revision(staging, repo_id)
         except GitUnavailableError as e:
@@ -371,9 +423,14 @@ def publish(
         replace_dir(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return folder, sha, revision
 
-    # 4. upload, then record (the hub folder is the offline truth even when the upload fails)
-    out = PublishResult(model_id, repo_id, folder, sha, claims, revision, messages=messages)
+
+def _upload_and_record(out: PublishResult, entry: dict[str, Any], hub_root: Path, registry: Path, *, upload: bool,
+                       endpoint: str | None, token: str | None) -> PublishResult:
+    """Upload ``out.folder`` when a writable hub answers, then record ``entry`` in the manifest (also when the
+    upload fails: the hub folder is the offline truth); a failed upload is raised after the record."""
+    messages, folder, repo_id, model_id = out.messages, out.folder, out.repo_id, out.model_id
     upload_error: Exception | None = None
     if upload:
         from .server import endpoint_reachable
@@ -388,19 +445,20 @@ def publish(
                             "`lipzoo hub serve` to serve it, or start it with --allow-writes and publish again")
         else:
             try:
-                oid = _upload(folder, repo_id, model_id, sha, ep, tok)
+                oid = _upload(folder, repo_id, model_id, out.sha256, ep, tok)
                 out.uploaded = True
                 messages.append(f"uploaded to {ep}/{repo_id} @ {oid}")
-                if oid != revision:
+                if oid != out.revision:
                     out.hub_revision = oid
                     if _is_loopback(ep):
-                        messages.append(f"warning: the local hub's revision {oid} differs from hub/'s snapshot {revision}")
+                        messages.append(f"warning: the local hub's revision {oid} differs from hub/'s snapshot "
+                                        f"{out.revision}")
             except Exception as e:  # recorded below; the error is raised after the registry is consistent
                 upload_error = e
     else:
         messages.append("upload skipped (upload=False)")
-    entry = {"hf_hub_id": repo_id, "revision": revision, "sha256": sha, "num_classes": NUM_CLASSES[dataset],
-             "dataset": dataset, "claims": claims}
+    entry = dict(entry)
+    entry.pop("hub_revision", None)
     if out.hub_revision:
         entry["hub_revision"] = out.hub_revision
     record_published(model_id, entry, registry)
