@@ -40,10 +40,11 @@ _LAZY = {
     "create_model": "_registry", "list_models": "_registry", "list_pretrained": "_registry",
     "model_info": "_registry", "resolve_name": "_registry", "UnknownModelError": "_registry",
     "NoPretrainedWeightsError": "_registry",
-    # certify / audit / verify pull in data and plotting code
-    "certify": "certify", "audit": "audit", "verify": "verify",
+    # plain functions, defined in modules named otherwise (lipzoo.certify is the function, never a module)
+    "certify": "certification", "audit": "auditing", "verify": "verification",
 }
-_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "run", "reported")
+_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "run", "reported", "certification",
+               "auditing", "verification")
 
 
 def __getattr__(name: str):

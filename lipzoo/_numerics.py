@@ -7,9 +7,12 @@
   parameters before it is reused (writes through ``.data`` bump no version counter, so a cache alone cannot
   be trusted for a proof).
 * :func:`float_rounding_slack` — the relative rounding error of a dot product in a given dtype.
-* :func:`spectral_norm_bound` — a proven upper bound of ``||M||_2`` (dense, batched, complex), from the Gram matrix.
-* :func:`autocast_off` and :func:`parametrization_dtype` — every layer computes its parametrisation in float32
-  (float64 for float64 weights) with autocast off, even while the network trains under autocast.
+* :func:`spectral_norm_bound` — a proven upper bound of ``||M||_2`` (dense, batched, complex), from the Gram matrix;
+  :func:`svd_norm_bound` — the same from a float64 SVD with a relative error allowance (the layers that always
+  used one keep their published bounds bit for bit).
+* :func:`autocast_off`, :func:`parametrization_dtype` and :func:`promoted` — every layer computes its
+  parametrisation in float32 (float64 for float64 weights) with autocast off, even while the network trains under
+  autocast.
 
 Nothing here imports the rest of lipzoo.
 """
@@ -25,7 +28,8 @@ import torch
 
 __all__ = [
     "autocast_off", "cache_scope", "certification_context", "current_cache_scope", "float_rounding_slack",
-    "parametrization_dtype", "precision_guard", "spectral_norm_bound", "activation_dtype",
+    "parametrization_dtype", "precision_guard", "spectral_norm_bound", "svd_norm_bound", "activation_dtype", "promoted",
+    "LAPACK_SVD_SLACK",
 ]
 
 # float32 precision leaves of torch's backends (torch >= 2.9 API); each accepts "ieee" and is restored as read
@@ -34,6 +38,9 @@ _FP32_LEAVES: tuple[tuple[str, str], ...] = (
 )
 _AUTOCAST_DEVICES: tuple[str, ...] = ("cpu", "cuda", "xpu", "mps", "hpu")
 _STATE = threading.local()
+# a relative allowance on a float64 SVD's largest singular value (LAPACK: |err| <= p(n) eps_64 sigma_max, here
+# p(n) <= 4500; it covers gamma_{4n} for every matrix side n <= 2250)
+LAPACK_SVD_SLACK = 1e-12
 _SCOPE_IDS = itertools.count(1)
 
 
@@ -68,6 +75,22 @@ def spectral_norm_bound(M: torch.Tensor) -> float:
     return math.sqrt(float((lmax.clamp_min(0) + err).amax()))
 
 
+@torch.no_grad()
+def svd_norm_bound(M: torch.Tensor, rel_slack: float | None = None) -> float:
+    """Upper bound of ``max ||M_b||_2`` over a batch of real or complex matrices ``M`` ``(..., m, n)``: the largest
+    singular value from a float64 (complex128) SVD times ``1 + rel_slack``.
+
+    The SVD's backward error is ``p(n) u sigma_max`` (LAPACK); ``rel_slack`` defaults to ``gamma_{4 max(m, n)}``
+    (:func:`float_rounding_slack` in float64); :data:`LAPACK_SVD_SLACK` is the fixed allowance of the LOT layers.
+    Prefer :func:`spectral_norm_bound` (an explicit proof) in new code.
+    """
+    if rel_slack is None:
+        rel_slack = float_rounding_slack(4 * max(M.shape[-2:]), torch.float64)
+    s = float(torch.linalg.matrix_norm(M.detach().to(torch.complex128 if M.is_complex() else torch.float64),
+                                       ord=2).amax())
+    return s * (1.0 + rel_slack)
+
+
 def activation_dtype(x: torch.Tensor, param_dtype: torch.dtype) -> torch.dtype:
     """Dtype in which a layer feeds its realised weights to ``F.linear`` / ``F.conv2d``: the parameters' under an
     active autocast (autocast then decides), else the input's."""
@@ -79,6 +102,11 @@ def activation_dtype(x: torch.Tensor, param_dtype: torch.dtype) -> torch.dtype:
 def parametrization_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """float64 if any of ``dtypes`` is float64, else float32: parametrisations never run in half or bfloat16."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+def promoted(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in :func:`parametrization_dtype` (float16 / bfloat16 -> float32; float32 and float64 unchanged)."""
+    return t.to(parametrization_dtype(t.dtype))
 
 
 def autocast_off(device: torch.device | str) -> contextlib.AbstractContextManager:

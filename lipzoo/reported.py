@@ -161,7 +161,7 @@ def resolve_against(against: str, arch: str, dataset: str | None = None) -> dict
 
 def row_eps(row: Mapping[str, Any]) -> dict[str, float]:
     """``{label: eps}`` of the row's certified accuracies, in the row's order (``'36/255' -> 36/255``)."""
-    from .certify import parse_eps
+    from .certification import parse_eps
 
     out = {}
     for label in (row.get("certified") or {}):
@@ -302,13 +302,13 @@ def _verdict(diff: float, tol: float, test_selected: bool) -> str:
 
 def _measured_percent(measured: Any, eps: Mapping[str, float]) -> tuple[float | None, dict[str, float | None], int | None, str | None]:
     """(clean %, {label: certified %}, n, dataset) of a CertificationResult or a claims record (fractions)."""
-    from .certify import CertificationResult, eps_label
+    from .certification import CertificationResult, eps_label
 
     if isinstance(measured, CertificationResult):
         return (100 * measured.clean_accuracy, {k: 100 * measured.certified_accuracy_at(e) for k, e in eps.items()},
                 measured.n, None)
     if isinstance(measured, Mapping):
-        from .verify import claimed_eps, load_claims
+        from .verification import claimed_eps, load_claims
 
         claims = load_claims(measured)
         have = claimed_eps(claims)  # label -> value, labels checked against their values
@@ -328,7 +328,7 @@ def _measured_percent(measured: Any, eps: Mapping[str, float]) -> tuple[float | 
 
 def compare(measured: Any, row: Mapping[str, Any], tolerance_pp: float = DEFAULT_TOLERANCE_PP,
             subset: str | None = None, dataset: str | None = None) -> Comparison:
-    """Compare a :class:`~lipzoo.certify.CertificationResult` or a claims record with a reported ``row``.
+    """Compare a :class:`~lipzoo.certification.CertificationResult` or a claims record with a reported ``row``.
 
     ``subset``: ``'full'`` (default for a claims record: its own ``subset``) or ``'first_N'``; a comparison on a
     subset is not a reproduction. ``dataset`` defaults to the claims' dataset, else the row's; a claims record on
@@ -391,7 +391,7 @@ def verify_against(
     """
     import torch
 
-    from .certify import certify
+    from .certification import certify
     from .data import NUM_CLASSES
 
     row = get_row(row) if isinstance(row, str) else dict(row)

@@ -233,7 +233,7 @@ def bench_train(batch: int = 256) -> list[dict]:
 
 
 def bench_certify() -> list[dict]:
-    from lipzoo.certify import certify
+    from lipzoo import certify
     from lipzoo.data import CIFAR
 
     x, y = CIFAR("cifar10", "test").tensors()

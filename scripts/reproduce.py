@@ -37,7 +37,7 @@ TARGETS = {"sll_xs.cifar10": (0.65, 0.50), "sandwich_xs.cifar10": (0.65, 0.50), 
 _CHILD = r"""
 import json, sys, time
 import lipzoo
-from lipzoo.verify import verify
+from lipzoo import verify
 name, mode = sys.argv[1], sys.argv[2]
 t = time.time()
 model = lipzoo.create_model(name, pretrained=True, verify=False)
@@ -48,7 +48,7 @@ out = {"name": name, "mode": mode, "passed": bool(report.passed), "report": repo
 n_attack = int(sys.argv[4])
 if n_attack:
     import torch
-    from lipzoo.audit import audit
+    from lipzoo import audit
     from lipzoo.data import CIFAR
     t = time.time()
     x, y = CIFAR(claims.get("dataset", "cifar10"), "test").tensors()

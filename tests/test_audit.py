@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lipzoo
-from lipzoo.audit import AuditWarning, audit, jacobian_norm
+from lipzoo.auditing import AuditWarning, audit, jacobian_norm
 from lipzoo.layers.base import LipschitzModule
 
 torch.set_num_threads(1)

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipzoo import certify as C
+from lipzoo import certification as C
+from lipzoo.certification import mlp as M
+from lipzoo.certification.margins import own_class_mask
 from lipzoo.layers.activations import MaxMin
 from lipzoo.layers.base import LipschitzModule
 from lipzoo.layers.heads import LLN, MLPHead
@@ -420,7 +422,7 @@ def test_package_level_functions_are_callable():
     for _ in range(2):  # first access goes through lipzoo.__getattr__, later ones find the submodule
         res = lipzoo.certify(model, x, y, dtype=torch.float64)
         assert res.clean_accuracy == 1.0 and res.radii[0].item() == pytest.approx(1 / SQRT2)
-    assert callable(lipzoo.certify.label_radii) and callable(lipzoo.audit) and callable(lipzoo.verify)
+    assert callable(lipzoo.certification.label_radii) and callable(lipzoo.audit) and callable(lipzoo.verify)
 
 
 def test_mlp_lazy_pairs_equal_all_pairs_on_a_100_class_head():
@@ -432,16 +434,16 @@ def test_mlp_lazy_pairs_equal_all_pairs_on_a_100_class_head():
     feats = 2 * torch.randn(300, d, dtype=torch.float64)
     with torch.no_grad():
         pred = head(feats).argmax(1)
-    p = C._MLPParams.of(head, torch.float64)
-    gaps, gnorm, _ = C._mlp_gaps_and_grads(feats, pred, p)
+    p = M.MLPParams.of(head, torch.float64)
+    gaps, gnorm, _ = M.mlp_gaps_and_grads(feats, pred, p)
     lazy = C.mlp_radii(gaps, gnorm, pred, head)
-    bounds = C._curvature_bounds_of(head)
+    bounds = M._curvature_bounds_of(head)
     n_exact = int((~torch.isnan(bounds.exact)).sum()) - c  # off-diagonal pairs computed
     assert 0 < n_exact < c * (c - 1) // 4
     full = C.mlp_curvature_bounds(head)  # every pair
     assert (bounds.split() >= full - 1e-12).all()
-    rad = C._curvature_radius(gaps, gnorm, full[pred]).masked_fill(C._other_mask(pred, c), float("inf"))
+    rad = M._curvature_radius(gaps, gnorm, full[pred]).masked_fill(own_class_mask(pred, c), float("inf"))
     assert torch.equal(lazy, rad.min(dim=1).values)
     # the split bound alone is sound but looser: it never gives a larger radius
-    split_rad = C._curvature_radius(gaps, gnorm, bounds.split()[pred]).masked_fill(C._other_mask(pred, c), float("inf"))
+    split_rad = M._curvature_radius(gaps, gnorm, bounds.split()[pred]).masked_fill(own_class_mask(pred, c), float("inf"))
     assert (split_rad.min(dim=1).values <= lazy + 1e-15).all()

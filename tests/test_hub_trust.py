@@ -94,9 +94,9 @@ import timm, lipzoo
 from huggingface_hub import constants
 from lipzoo.hub.download import load_pretrained
 
-measured = []  # one name per call of lipzoo.verify.verify, i.e. per real measurement
+measured = []  # one name per call of lipzoo.verification.verify, i.e. per real measurement
 import importlib
-module = importlib.import_module("lipzoo.verify")
+module = importlib.import_module("lipzoo.verification")
 real_verify = module.verify
 
 def counting_verify(*args, **kwargs):

@@ -63,7 +63,7 @@ def test_lipzoo_timm_and_torch_hub_give_the_same_verified_model(name, hub, tmp_p
     arch = name.split(".")[0]
     out = _child(f'''
         import hashlib, json, timm, torch, lipzoo
-        from lipzoo.verify import verify
+        from lipzoo.verification import verify
         from lipzoo.models._builder import published_weights
 
         def digest(m):
@@ -88,7 +88,7 @@ def test_lipzoo_timm_and_torch_hub_give_the_same_verified_model(name, hub, tmp_p
 def test_claims_hold_on_the_full_test_set(name, hub, tmp_path):
     out = _child(f'''
         import json, lipzoo
-        from lipzoo.verify import verify
+        from lipzoo.verification import verify
         from lipzoo.models._builder import published_weights
         model = lipzoo.create_model({name!r}, pretrained=True, verify=False)
         report = verify(model, published_weights()[{name!r}]["claims"], mode="full")

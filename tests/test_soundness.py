@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lipzoo
-from lipzoo import certify as C
+from lipzoo import certification as C
 from lipzoo.layers.heads import LLN
 from lipzoo.models._base import LipschitzClassifier
 
@@ -340,5 +340,5 @@ def test_lln_rule_keeps_its_pair_distances_with_the_logits_on_the_cpu():
     model = nn.Module()
     model.head_rule = "lln"
     model.get_classifier = lambda: head
-    rule = C._Rule(model, torch.float32)
-    assert rule._dist.device.type == "cpu" and rule._dist.dtype == torch.float64
+    dist = C.head_rule("lln").prepare(model)
+    assert dist.device.type == "cpu" and dist.dtype == torch.float64

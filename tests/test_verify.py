@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lipzoo.certify import certify
+from lipzoo import certify
 from lipzoo.layers.base import LipschitzModule
 from lipzoo.layers.heads import LLN
 from lipzoo.models._base import LipschitzClassifier
-from lipzoo.verify import (ACCURACY_TOLERANCE, clopper_pearson, load_claims, quick_subset_indices, verify)
+from lipzoo.verification import (ACCURACY_TOLERANCE, clopper_pearson, load_claims, quick_subset_indices, verify)
 
 torch.set_num_threads(1)
 

@@ -5,7 +5,7 @@ from .base import LipschitzModule, ParametrizationCache, lipschitz_bound_of
 from .bcop import BCOPConv2d, BjorckLinear
 from .cayley import CayleyConv2d, CayleyLinear
 from .cpl import CPLConv2d, CPLLinear
-from .heads import HEAD_RULES, LLN, MLPHead
+from .heads import LLN, MLPHead, head_rule_of
 from .lot import LOTConv2d, LOTLinear
 from .normalize import InputNormalize
 from .sandwich import SandwichConv, SandwichConv1, SandwichConv1Lin, SandwichFc, SandwichLin
@@ -14,7 +14,7 @@ from .sll import SLLConv2d, SLLLinear
 from .soc import SOCConv2d, SOCHead
 
 __all__ = [
-    "LipschitzModule", "ParametrizationCache", "lipschitz_bound_of", "HEAD_RULES", "LLN", "MLPHead",
+    "LipschitzModule", "ParametrizationCache", "lipschitz_bound_of", "head_rule_of", "LLN", "MLPHead",
     "InputNormalize", "ChannelPad", "CloneChannels", "FirstChannels", "PixelUnshuffle", "SLLAvgPool", "SumPool2d",
     "MaxMin", "HouseHolder", "HouseHolder2", "LipPool", "PairMaxPool",
     "SOCConv2d", "SOCHead", "LOTConv2d", "LOTLinear",

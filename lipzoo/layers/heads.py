@@ -1,12 +1,9 @@
-"""Classification heads and the head rules the certifier applies to them.
+"""Classification heads certified from their own weights, each naming its head rule as a class attribute.
 
-Head rules (``model.head_rule``):
-
-* ``"lipschitz"`` — the whole network (head included) is L-Lipschitz; radius ``(z_top - z_2nd) / (sqrt(2) L)``.
-* ``"lln"`` — last layer is :class:`LLN` (rows of W normalised to unit l2 norm) on an L_body-Lipschitz body;
-  radius ``min_{j != top} (z_top - z_j) / (||w_top - w_j|| L_body)`` over *all* classes.
-* ``"mlp_curvature"`` — 1-hidden-layer MLP head ``W2 softplus(W1 f + b1) + b2`` on L_body-Lipschitz features
-  (Singla et al., NeurIPS'22, arXiv 2211.08453); the certifier uses the curvature bound of the logit gaps.
+A head layer that the certifier treats by a rule of its own carries ``head_rule`` (:class:`LLN`: ``"lln"``,
+:class:`MLPHead`: ``"mlp_curvature"``); the model's proven bound then covers only the body (``x ->
+forward_features``). Any other head is part of the 1-Lipschitz network (rule ``"lipschitz"``, the bound covers the
+whole network). The rules themselves (margins, radii, slack) live in :mod:`lipzoo.certification.rules`.
 """
 from __future__ import annotations
 
@@ -14,12 +11,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off
+from .._numerics import autocast_off, promoted
 from .base import LipschitzModule
 
-__all__ = ["LLN", "HEAD_RULES"]
+__all__ = ["LLN", "LIPSCHITZ_RULE", "head_rule_of", "bound_covers_head"]
 
-HEAD_RULES = ("lipschitz", "lln", "mlp_curvature")
+LIPSCHITZ_RULE = "lipschitz"
+
+
+def head_rule_of(head: nn.Module | None) -> str:
+    """The head rule of a head layer: its ``head_rule`` class attribute, else ``"lipschitz"`` (the head is part of
+    the network's proven bound)."""
+    return getattr(head, "head_rule", LIPSCHITZ_RULE)
+
+
+def bound_covers_head(rule: str) -> bool:
+    """Whether a model's proven Lipschitz bound includes its head under ``rule``: only a head without a rule of its
+    own is bounded as part of the network; the other rules certify the head from its weights."""
+    return rule == LIPSCHITZ_RULE
 
 
 class LLN(nn.Module):
@@ -115,7 +124,7 @@ class MLPHead(nn.Module):
             return
         with autocast_off(self.fc1.weight.device):
             w = self.fc1.weight
-            w = w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+            w = promoted(w)
             for _ in range(iters):
                 self._v.copy_(F.normalize(torch.mv(w, self._u.to(w.dtype)), dim=0))
                 self._u.copy_(F.normalize(torch.mv(w.T, self._v.to(w.dtype)), dim=0))

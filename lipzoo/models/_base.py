@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..layers.base import in_certification_context, lipschitz_bound_of
-from ..layers.heads import HEAD_RULES
+from ..layers.heads import bound_covers_head, head_rule_of
 
 __all__ = ["LipschitzClassifier", "HeadReplacementError"]
 
@@ -18,15 +18,14 @@ class LipschitzClassifier(nn.Module):
     """``logits = head(features(normalize(x)))`` for images ``x`` in [0, 1] (NCHW).
 
     Subclasses set ``self.normalize`` (an :class:`~lipzoo.layers.normalize.InputNormalize`), ``self.features``
-    (an ``nn.Sequential`` of modules with proven bounds) and ``self.head``, plus ``head_rule`` (one of
-    ``HEAD_RULES``), ``num_classes`` and ``num_features``.
+    (an ``nn.Sequential`` of modules with proven bounds) and ``self.head``, plus ``num_classes`` and
+    ``num_features``. :attr:`head_rule` is derived from the head (:func:`~lipzoo.layers.heads.head_rule_of`).
 
     * :meth:`lipschitz_bound` — proven l2 bound of ``x -> features`` (``"lln"``/``"mlp_curvature"`` heads) or of
       the whole network (``"lipschitz"`` head): the product of the parts' proven bounds, normalisation included.
     * The certifier reads ``head_rule`` and, for LLN/MLP heads, ``get_classifier()``.
     """
 
-    head_rule: str = "lipschitz"
     family: str = ""
     # the inputs the certificate covers: images in [0, 1]; the certifier refuses anything else (None: any input)
     input_range: tuple[float, float] | None = (0.0, 1.0)
@@ -35,6 +34,20 @@ class LipschitzClassifier(nn.Module):
     normalize: nn.Module
     features: nn.Module
     head: nn.Module
+
+    @property
+    def head_rule(self) -> str:
+        """The certifier's rule for this model, named by its head: ``"lln"`` for an :class:`~lipzoo.layers.LLN`,
+        ``"mlp_curvature"`` for an :class:`~lipzoo.layers.MLPHead`, ``"lipschitz"`` for any other head."""
+        return head_rule_of(self._modules.get("head"))
+
+    def _bounded_parts(self) -> list[tuple[str, nn.Module]]:
+        """The top-level parts whose proven bounds multiply to :meth:`lipschitz_bound`, in order."""
+        parts = [("normalize", self.normalize)]
+        parts += [(f"features.{name}", m) for name, m in self.features.named_children()]
+        if bound_covers_head(self.head_rule):
+            parts.append(("head", self.head))
+        return parts
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_floating_point(x):
@@ -72,21 +85,11 @@ class LipschitzClassifier(nn.Module):
     @in_certification_context
     def lipschitz_bound(self) -> float:
         bound = lipschitz_bound_of(self.normalize) * lipschitz_bound_of(self.features)
-        if self.head_rule == "lipschitz":
+        if bound_covers_head(self.head_rule):
             bound *= lipschitz_bound_of(self.head)
         return bound
 
     @in_certification_context
     def layer_bounds(self) -> list[tuple[str, float]]:
         """(name, proven bound) of each top-level part, in order; used by the audit."""
-        out = [("normalize", lipschitz_bound_of(self.normalize))]
-        for name, m in self.features.named_children():
-            out.append((f"features.{name}", lipschitz_bound_of(m)))
-        if self.head_rule == "lipschitz":
-            out.append(("head", lipschitz_bound_of(self.head)))
-        return out
-
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        if cls.head_rule not in HEAD_RULES:
-            raise ValueError(f"{cls.__name__}.head_rule must be one of {HEAD_RULES}")
+        return [(name, lipschitz_bound_of(m)) for name, m in self._bounded_parts()]

@@ -34,8 +34,6 @@ class KWLargeNet(LipschitzClassifier):
         layer_kwargs: passed to every conv and linear layer of the family.
     """
 
-    head_rule = "lipschitz"
-
     def __init__(
         self,
         channels: Sequence[int] = (32, 64),

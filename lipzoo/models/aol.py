@@ -37,7 +37,6 @@ PAPER = "Prach & Lampert, Almost-Orthogonal Layers for Efficient General-Purpose
 class AOLNet(LipschitzClassifier):
     """The AOL paper's patch-wise network (see the module docstring); ``num_classes=100`` uses the CIFAR-100 mean."""
 
-    head_rule = "lipschitz"
     family = "aol"
 
     def __init__(

@@ -71,7 +71,6 @@ class CayleyResNet9(LipschitzClassifier):
     """
 
     family = "cayley"
-    head_rule = "lipschitz"
 
     def __init__(self, widths: Sequence[int] = (64, 128, 256, 512), dense: int = 512, num_classes: int = 10,
                  input_size: int = 32, mean: Sequence[float] | None = None, **kwargs: Any):

@@ -35,7 +35,6 @@ class CPLNet(LipschitzClassifier):
     """The CPL ``ConvexPotentialLayerNetwork``; ``num_classes=100`` uses the CIFAR-100 mean."""
 
     family = "cpl"
-    head_rule = "lln"
 
     def __init__(
         self,
@@ -57,7 +56,6 @@ class CPLNet(LipschitzClassifier):
         if head not in ("lln", "trunc"):
             raise ValueError(f"head must be 'lln' or 'trunc', got {head!r}")
         self.head_type = head
-        self.head_rule = "lln" if head == "lln" else "lipschitz"
         self.num_classes = num_classes
         mean = mean or (CIFAR100_MEAN if num_classes == 100 else CIFAR10_MEAN)
         self.normalize = InputNormalize(mean, (1.0, 1.0, 1.0))

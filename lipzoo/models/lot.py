@@ -143,7 +143,7 @@ class LOTLipConvNet(LipschitzClassifier):
             raise ValueError(f"LOTLipConvNet needs an input side divisible by 32, got {input_size}")
         self.num_classes, self.residual, self.activation = num_classes, residual, activation
         self._lot_kwargs = dict(train_iters=train_iters, eval_iters=eval_iters, eps=eps, ortho_dtype=ortho_dtype)
-        self.head_rule = "lln" if lln else "lipschitz"
+        self.lln_head = lln
         self.normalize = InputNormalize(mean, std)
 
         in_ch, side, stages = 3, input_size, []
@@ -162,7 +162,7 @@ class LOTLipConvNet(LipschitzClassifier):
         self.head = self._make_head(num_classes)
 
     def _make_head(self, num_classes: int) -> nn.Module:
-        if self.head_rule == "lln":
+        if self.lln_head:
             return LLN(self.num_features, num_classes, bias=True, eps=0.0)
         return LOTLinear(self.num_features, num_classes, **self._lot_kwargs)
 

@@ -84,7 +84,6 @@ class SandwichNet(LipschitzClassifier):
         if not fc_features:
             raise ValueError("SandwichNet needs at least one SandwichFc layer")
         self.num_classes, self.gamma, self.head_kind = num_classes, float(gamma), head
-        self.head_rule = "lln" if head == "lln" else "lipschitz"
         c100 = num_classes == 100
         if mean is None:
             mean = CIFAR100_MEAN if c100 else CIFAR10_MEAN

@@ -24,7 +24,6 @@ PAPER = "Araujo et al., A Unified Algebraic Perspective on Lipschitz Neural Netw
 class SLLNet(LipschitzClassifier):
     """The SLL ``LipschitzNetwork``; ``num_classes=100`` uses the CIFAR-100 mean."""
 
-    head_rule = "lln"
     family = "sll"
 
     def __init__(

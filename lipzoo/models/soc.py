@@ -37,7 +37,7 @@ PAPER_IMPROVED = "Singla, Singla & Feizi, Improved techniques for deterministic 
 
 ACTIVATIONS = ("maxmin", "hh1", "hh2")
 POOLINGS = ("max", "lip1")
-HEADS = {"soc": "lipschitz", "lln": "lln", "mlp": "mlp_curvature"}
+HEADS = ("soc", "lln", "mlp")  # head layers: SOCHead, LLN, MLPHead (each names its head rule)
 VERSIONS = ("icml21", "improved")
 
 
@@ -70,7 +70,7 @@ class SOCLipConvNet(LipschitzClassifier):
         block_size: layers per stage (1..8 give LipConvNet-5..40).
         init_channels: c (32 in the papers).
         activation: ``"maxmin"`` | ``"hh1"`` | ``"hh2"`` (channel pairing: first half with second half).
-        head: ``"soc"`` | ``"lln"`` | ``"mlp"``; sets ``head_rule``.
+        head: ``"soc"`` | ``"lln"`` | ``"mlp"``; the head layer names ``head_rule``.
         pooling: ``"max"`` | ``"lip1"`` (``version="improved"`` only).
         version: ``"icml21"`` | ``"improved"``: the structure and the SOC layer version.
         num_hidden: hidden width of the MLP head (default ``2 * num_features``: 4096 at c = 32, the authors' CLI).
@@ -108,7 +108,6 @@ class SOCLipConvNet(LipschitzClassifier):
         if activation not in ACTIVATIONS or pooling not in POOLINGS:
             raise ValueError(f"activation must be one of {ACTIVATIONS} and pooling one of {POOLINGS}")
         self.version, self.activation, self.pooling, self.head_type = version, activation, pooling, head
-        self.head_rule = HEADS[head]
         self.num_classes = num_classes
         self._soc_args = dict(soc_args or {}, version=version)
         self.normalize = InputNormalize(mean, std)

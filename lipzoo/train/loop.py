@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import load_cifar
+from ..certification import certify, label_radii, rule_of
 from .augment import AugmentConfig, augment_batch
 from .losses import TrainingLoss
 from .recipes import Recipe
@@ -243,11 +244,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 def _batch_certified(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, lipschitz: float,
                      features: torch.Tensor | None = None, eps: float = 36 / 255) -> float:
     try:
-        from .. import certify
-
         with torch.no_grad():
             feats = None if features is None else features.detach().float()
-            radii = certify.label_radii(model, logits.float(), labels, features=feats, lipschitz=lipschitz)
+            radii = label_radii(model, logits.float(), labels, features=feats, lipschitz=lipschitz)
         return float((radii > eps).float().mean())
     except Exception:  # a progress metric must never stop a run
         return float("nan")
@@ -360,7 +359,7 @@ def train(
 
     # the MLP-curvature rule needs the head's input: capture it with a hook (works under DDP too)
     captured: dict[str, torch.Tensor] = {}
-    if getattr(model, "head_rule", "") == "mlp_curvature":
+    if rule_of(model).needs_features:
         model.get_classifier().register_forward_hook(lambda m, inp, out: captured.__setitem__("features", inp[0]))
 
     last_save = time.time()
@@ -453,24 +452,20 @@ def train(
 
 
 def _quick_eval(model: nn.Module, x: np.ndarray, y: np.ndarray, dev: torch.device) -> dict[str, float]:
-    from .. import certify
-
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div(255)
-    res = certify.certify(model, images, torch.from_numpy(y), eps=(36 / 255,))
+    res = certify(model, images, torch.from_numpy(y), eps=(36 / 255,))
     return {"val_clean": res.clean_accuracy, "val_cert36": list(res.certified_accuracy.values())[0]}
 
 
 def evaluate_and_write(model: nn.Module, recipe: Recipe, out_dir: Path, data_root: str | None = None,
                        subset: int | None = None) -> dict[str, Any]:
     """Certify the final model on the test set with the shared certifier; write ``results.json``."""
-    from .. import certify
-
     x, y = load_cifar(recipe.dataset, "test", data_root)
     if subset:
         x, y = x[:subset], y[:subset]
     images = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div(255)
     model = model.float().to(memory_format=torch.contiguous_format).eval()
-    res = certify.certify(model, images, torch.from_numpy(y))
+    res = certify(model, images, torch.from_numpy(y))
     claims = res.to_claims(dataset=recipe.dataset, split="test", subset="full" if not subset else "subset")
     record = {
         "arch": recipe.model, "recipe": recipe.to_dict(), "claims": claims, "git_revision": _git_revision(),

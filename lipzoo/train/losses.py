@@ -1,4 +1,4 @@
-"""Training losses of the four families, built on the certifier's head rules (one definition of a margin).
+"""Training losses, built on the certifier's head rules (one definition of a margin: the rule's kernel).
 
 * ``xent`` (SLL / LBDN): ``T * CE((z - offset * onehot(y)) / T, y)``.
 * ``ce``: plain cross-entropy; ``multimargin``: ``nn.MultiMarginLoss(margin)``.
@@ -13,20 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..certification import label_radii, rule_of
+
 __all__ = ["xent_loss", "label_radii", "TrainingLoss"]
 
 
 def xent_loss(logits: torch.Tensor, labels: torch.Tensor, offset: float, temperature: float) -> torch.Tensor:
     onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)
     return F.cross_entropy((logits - offset * onehot) / temperature, labels) * temperature
-
-
-def label_radii(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, features: torch.Tensor | None = None,
-                lipschitz: float = 1.0) -> torch.Tensor:
-    """Differentiable certified radius of the label class (<= 0 when the label is not the prediction)."""
-    from .. import certify
-
-    return certify.label_radii(model, logits, labels, features=features, lipschitz=lipschitz)
 
 
 class TrainingLoss(nn.Module):
@@ -53,7 +47,5 @@ class TrainingLoss(nn.Module):
             radii = label_radii(model, logits, labels, features=features, lipschitz=lipschitz)
             loss = loss - self.cr_gamma * F.relu(radii).mean()
         if self.curvature_beta:
-            from .. import certify
-
-            loss = loss + self.curvature_beta * certify.mlp_curvature_penalty(model, labels)
+            loss = loss + self.curvature_beta * rule_of(model).penalty(model, labels)
         return loss

@@ -14,7 +14,7 @@ Every check *searches* for a counter-example; none can prove a claim, each can r
 * **pgd** — PGD-l2 (margin loss, many steps, random restarts) on certified points, each attacked inside its own
   certified radius. Any change of prediction refutes the certifier.
 * **rounding** — float32 vs float64 logits on the probe images against the certifier's rounding slack
-  (``lipzoo.certify.rounding_slack``): ``2 max_j |z32_j - z64_j|`` must not exceed it.
+  (``lipzoo.certification.rounding_slack``): ``2 max_j |z32_j - z64_j|`` must not exceed it.
 
 A failed check emits an :class:`AuditWarning` and makes ``report.ok`` False.
 """
@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._numerics import certification_context
-from .certify import certified_radius, rounding_slack
+from .certification import certified_radius, rule_of
 
 __all__ = ["audit", "AuditReport", "LayerCheck", "AuditWarning", "jacobian_norm"]
 
@@ -157,17 +157,10 @@ def jacobian_norm(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, i
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _certified_map(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    rule = getattr(model, "head_rule", "lipschitz")
-    if rule == "lipschitz":
-        return lambda x: model(x).flatten(1)
-    return lambda x: model.forward_features(x).flatten(1)
-
-
 def _modules_to_check(model: nn.Module, top: list[tuple[str, float]], deep: bool) -> list[tuple[str, nn.Module, float]]:
     from .layers.base import lipschitz_bound_of
 
-    rule = getattr(model, "head_rule", "lipschitz")
+    rule = rule_of(model)
     out: list[tuple[str, nn.Module, float]] = []
     seen: set[int] = set()
     for name, bound in top:
@@ -175,7 +168,7 @@ def _modules_to_check(model: nn.Module, top: list[tuple[str, float]], deep: bool
         out.append((name, m, float(bound)))
         seen.add(id(m))
     if deep:
-        if rule != "lipschitz":  # the head's own Lipschitz constant is not part of the claim
+        if not rule.covers_head:  # the head's own Lipschitz constant is not part of the claim
             seen.update(id(m) for m in model.get_classifier().modules())
         for name, m in model.named_modules():
             if not name or id(m) in seen or not callable(getattr(m, "lipschitz_bound", None)):
@@ -276,16 +269,12 @@ def _rounding_check(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     if not params or params[0].dtype != torch.float32:
         return {"checked": False}
     m64 = copy.deepcopy(model).double().eval()
-    rule = getattr(model, "head_rule", "lipschitz")
+    rule = rule_of(model)
     with torch.no_grad():
-        if rule == "lipschitz":
-            z32, f32, z64 = model(x), None, m64(x.double())
-        else:
-            f32 = model.forward_features(x)
-            z32 = model.forward_head(f32)
-            z64 = m64.forward_head(m64.forward_features(x.double()))
+        z32, f32 = rule.logits_and_features(model, x)
+        z64, _ = rule.logits_and_features(m64, x.double())
     err = 2 * (z32.double() - z64).abs().max(dim=1).values.cpu()
-    slack = rounding_slack(z32.cpu(), None if f32 is None else f32.flatten(1).cpu(), dtype=torch.float32)
+    slack = rule.slack(z32.cpu(), None if f32 is None else f32.flatten(1).cpu(), torch.float32)
     ratio = err / slack
     return {"checked": True, "worst_ratio": float(ratio.max()), "max_logit_error": float(err.max() / 2),
             "ok": bool((ratio <= 1).all())}
@@ -362,7 +351,7 @@ def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
     if images.dim() == 4:
         images = images.contiguous(memory_format=torch.channels_last)
     probe = images[:n_probe]
-    rule = getattr(model, "head_rule", "lipschitz")
+    rule = rule_of(model)
     bound = float(model.lipschitz_bound())
     problems: list[str] = []
     seconds: dict[str, float] = {}
@@ -381,13 +370,13 @@ def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
     phases.update()
     phases.set_postfix_str("whole certified map")
 
-    fmap = _certified_map(model)
+    fmap = rule.certified_output(model)
     model_est = float(jacobian_norm(fmap, probe, power_iters, seed).max())
     if pair_steps > 0:
         model_est = max(model_est, _pair_ascent(fmap, probe, pair_steps, seed))
     model_ok = model_est <= bound * (1 + rtol)
     if not model_ok:
-        problems.append(f"the certified map ({'logits' if rule == 'lipschitz' else 'features'}) has a local "
+        problems.append(f"the certified map ({rule.certified_map_name}) has a local "
                         f"Lipschitz constant >= {model_est:.7g} > declared {bound:.7g}")
     seconds["model"], clock = time.perf_counter() - clock, time.perf_counter()
     phases.update()
@@ -408,7 +397,7 @@ def _audit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | None, 
     phases.update()
     phases.close()
 
-    report = AuditReport(rule, bound, checks, product, model_est, model_ok, pgd, rounded, rtol, problems,
+    report = AuditReport(rule.name, bound, checks, product, model_est, model_ok, pgd, rounded, rtol, problems,
                          {k: round(v, 3) for k, v in seconds.items()})
     for p in problems:
         warnings.warn(f"lipzoo audit: {p}", AuditWarning, stacklevel=3)
@@ -449,8 +438,3 @@ def _check_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | No
     pgd["violating_indices"] = [int(idx[i]) for i in pgd["violating_indices"]]
     pgd["radius_median"] = float(radii[idx].median()) if len(idx) else 0.0
     return pgd
-
-
-from .certify import _make_module_callable  # noqa: E402
-
-_make_module_callable(__name__, audit)

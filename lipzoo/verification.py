@@ -1,6 +1,6 @@
 """Claims (a model card's numbers, a ``results.json``) against a fresh measurement by the shared certifier.
 
-A *claims record* is what :meth:`lipzoo.certify.CertificationResult.to_claims` writes::
+A *claims record* is what :meth:`lipzoo.certification.CertificationResult.to_claims` writes::
 
     {"dataset": "cifar10", "split": "test", "subset": "full", "n": 10000, "clean_accuracy": 0.7123,
      "certified_accuracy": {"36/255": 0.61, ...}, "eps": {"36/255": 0.1411..., ...},
@@ -21,7 +21,7 @@ the model's head rule equals the claimed one, and the model's Lipschitz bound me
 (relative 1e-5, when certifying in the claimed dtype).
 
 The eps *values* of the record are what is measured; each label must name its value (``'36/255'`` = 36/255,
-``'0.5'`` = 0.5, :func:`lipzoo.certify.parse_eps`), else the record is refused with a ``ValueError`` before anything
+``'0.5'`` = 0.5, :func:`lipzoo.certification.parse_eps`), else the record is refused with a ``ValueError`` before anything
 is measured (:func:`claimed_eps`). The report prints both, e.g. ``certified accuracy @ 36/255 (eps = 0.14117647)``.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .certify import CERTIFIER_VERSION, CertificationResult, certify, parse_eps
+from .certification import CERTIFIER_VERSION, CertificationResult, certify, parse_eps
 
 __all__ = ["verify", "VerificationReport", "Check", "load_claims", "claimed_eps", "quick_subset_indices",
            "clopper_pearson", "ACCURACY_TOLERANCE", "QUICK_CONFIDENCE", "QUICK_SIZE", "EPS_LABEL_TOLERANCE"]
@@ -262,7 +262,7 @@ def claimed_eps(claims: Mapping[str, Any]) -> dict[str, float]:
             eps[label] = value
     if problems:
         raise ValueError("claims refused: " + "; ".join(problems) + ". The eps value is what is measured, so a label "
-                         "must name it (lipzoo.certify.eps_label(value)); fix the claims record")
+                         "must name it (lipzoo.certification.eps_label(value)); fix the claims record")
     return eps
 
 
@@ -292,6 +292,81 @@ def _load_data(data: Any, dataset: str, split: str, root: str | Path | None) -> 
 
 
 # --------------------------------------------------------------------------------------------- verify
+def _measured_images(claimed_subset: str, first_n: int | None, mode: Mode,
+                     labels: Any) -> tuple[str, bool, np.ndarray | None]:
+    """(subset measured, whether the comparison is statistical, indices or ``None`` for all) for a claims record."""
+    if claimed_subset == "full" and mode == "quick":
+        return "quick", True, quick_subset_indices(labels)
+    if claimed_subset == "quick":
+        return "quick", False, quick_subset_indices(labels)
+    if first_n is not None:
+        return claimed_subset, False, np.arange(min(first_n, len(labels)))
+    return "full", False, None
+
+
+def _record_checks(model: nn.Module, claims: Mapping[str, Any], dataset: str, claimed_subset: str,
+                   first_n: int | None, n_labels: int) -> list[Check]:
+    """The consistency of the record with the data and the model: image count, classes, head rule."""
+    from .data import NUM_CLASSES
+
+    checks = []
+    expected_n = {"full": n_labels, "quick": QUICK_SIZE}.get(claimed_subset, first_n)
+    checks.append(Check("n (images claimed)", int(claims.get("n", -1)), expected_n, None,
+                        f"= size of {claimed_subset}", int(claims.get("n", -1)) == expected_n))
+    num_classes = getattr(model, "num_classes", None)
+    if dataset in NUM_CLASSES:
+        checks.append(Check("dataset classes", NUM_CLASSES[dataset], num_classes, None, "model.num_classes",
+                            num_classes in (None, NUM_CLASSES[dataset])))
+    else:
+        checks.append(Check("dataset", dataset, None, None, f"one of {sorted(NUM_CLASSES)}", False))
+    rule = getattr(model, "head_rule", "lipschitz")
+    checks.append(Check("head rule", claims.get("head_rule"), rule, None, "equal",
+                        claims.get("head_rule") in (None, rule)))
+    return checks
+
+
+def _bound_checks(result: CertificationResult, claims: Mapping[str, Any], claimed_dtype: str,
+                  notes: list[str]) -> list[Check]:
+    """The measured Lipschitz bound against the claimed one (a verdict only in the claimed dtype); notes appended."""
+    checks = []
+    same_dtype = result.dtype == claimed_dtype
+    if "lipschitz_bound" in claims:
+        cb = float(claims["lipschitz_bound"])
+        rel = abs(result.lipschitz_bound - cb) / max(abs(cb), 1e-30)
+        checks.append(Check("Lipschitz bound", cb, result.lipschitz_bound, result.lipschitz_bound - cb,
+                            f"relative <= {BOUND_RTOL:g}" if same_dtype else "informative (other dtype)",
+                            rel <= BOUND_RTOL or not same_dtype))
+    if not same_dtype:
+        notes.append(f"certified in {result.dtype}, the claims in {claimed_dtype}")
+    if claims.get("certifier_version") not in (None, CERTIFIER_VERSION):
+        notes.append(f"claims made with certifier {claims.get('certifier_version')}, measured with {CERTIFIER_VERSION}")
+    return checks
+
+
+def _accuracy_checks(result: CertificationResult, claims: Mapping[str, Any], eps: Mapping[str, float],
+                     statistical: bool) -> list[Check]:
+    """Clean and certified accuracies: within a 99.9% Clopper-Pearson interval (quick re-measurement of a full
+    claim) or within :data:`ACCURACY_TOLERANCE`."""
+    checks = []
+    n = result.n
+    rows = [("clean accuracy", claims.get("clean_accuracy"), result.clean_accuracy, None)]
+    rows += [(f"certified accuracy @ {label}", claims["certified_accuracy"][label], result.certified_accuracy_at(e), e)
+             for label, e in eps.items()]
+    for row_name, claimed, measured, row_eps in rows:
+        if claimed is None:
+            continue
+        claimed = float(claimed)
+        if statistical:
+            lo, hi = clopper_pearson(int(round(measured * n)), n)
+            ok = lo <= claimed <= hi
+            crit = f"in 99.9% CP [{100 * lo:.2f}, {100 * hi:.2f}]%"
+        else:
+            ok = abs(measured - claimed) <= ACCURACY_TOLERANCE + 1e-12
+            crit = f"within ±{100 * ACCURACY_TOLERANCE:.1f} pp"
+        checks.append(Check(row_name, claimed, measured, measured - claimed, crit, ok, row_eps))
+    return checks
+
+
 def verify(
     model: nn.Module,
     claims: Mapping[str, Any] | str | Path,
@@ -317,82 +392,19 @@ def verify(
     claimed_dtype = str(claims.get("dtype", "float32"))
     dtype = dtype or getattr(torch, claimed_dtype)
     notes: list[str] = []
-    checks: list[Check] = []
-
     images, labels, supplied = _load_data(data, dataset, split, root)
     if supplied:
         notes.append("images supplied by the caller (data=...), not loaded from lipzoo.data")
 
-    # which images
-    if claimed_subset == "full" and mode == "quick":
-        measured_subset, statistical = "quick", True
-        idx = quick_subset_indices(labels)
-    elif claimed_subset == "quick":
-        measured_subset, statistical = "quick", False
-        idx = quick_subset_indices(labels)
-    elif first_n is not None:
-        measured_subset, statistical = claimed_subset, False
-        idx = np.arange(min(first_n, len(labels)))
-    else:
-        measured_subset, statistical, idx = "full", False, None
+    measured_subset, statistical, idx = _measured_images(claimed_subset, first_n, mode, labels)
     if mode == "full" and claimed_subset != "full":
         notes.append(f"the claims were measured on the {claimed_subset!r} subset: that subset is re-measured")
+    checks = _record_checks(model, claims, dataset, claimed_subset, first_n, len(labels))
 
-    # consistency of the record
-    expected_n = {"full": len(labels), "quick": QUICK_SIZE}.get(claimed_subset, first_n)
-    checks.append(Check("n (images claimed)", int(claims.get("n", -1)), expected_n, None,
-                        f"= size of {claimed_subset}", int(claims.get("n", -1)) == expected_n))
-    from .data import NUM_CLASSES
-
-    num_classes = getattr(model, "num_classes", None)
-    if dataset in NUM_CLASSES:
-        checks.append(Check("dataset classes", NUM_CLASSES[dataset], num_classes, None, "model.num_classes",
-                            num_classes in (None, NUM_CLASSES[dataset])))
-    else:
-        checks.append(Check("dataset", dataset, None, None, f"one of {sorted(NUM_CLASSES)}", False))
-    rule = getattr(model, "head_rule", "lipschitz")
-    checks.append(Check("head rule", claims.get("head_rule"), rule, None, "equal",
-                        claims.get("head_rule") in (None, rule)))
-
-    # measure
     x, y = (images, labels) if idx is None else (images[idx], labels[idx])
     result = certify(model, x, y, eps=tuple(eps.values()), batch_size=batch_size, dtype=dtype, progress=progress)
-
-    # the bound
-    same_dtype = result.dtype == claimed_dtype
-    if "lipschitz_bound" in claims:
-        cb = float(claims["lipschitz_bound"])
-        rel = abs(result.lipschitz_bound - cb) / max(abs(cb), 1e-30)
-        checks.append(Check("Lipschitz bound", cb, result.lipschitz_bound, result.lipschitz_bound - cb,
-                            f"relative <= {BOUND_RTOL:g}" if same_dtype else "informative (other dtype)",
-                            rel <= BOUND_RTOL or not same_dtype))
-    if not same_dtype:
-        notes.append(f"certified in {result.dtype}, the claims in {claimed_dtype}")
-    if claims.get("certifier_version") not in (None, CERTIFIER_VERSION):
-        notes.append(f"claims made with certifier {claims.get('certifier_version')}, measured with {CERTIFIER_VERSION}")
-
-    # the accuracies
-    n = result.n
-    rows = [("clean accuracy", claims.get("clean_accuracy"), result.clean_accuracy, None)]
-    rows += [(f"certified accuracy @ {label}", claims["certified_accuracy"][label], result.certified_accuracy_at(e), e)
-             for label, e in eps.items()]
-    for row_name, claimed, measured, row_eps in rows:
-        if claimed is None:
-            continue
-        claimed = float(claimed)
-        if statistical:
-            lo, hi = clopper_pearson(int(round(measured * n)), n)
-            ok = lo <= claimed <= hi
-            crit = f"in 99.9% CP [{100 * lo:.2f}, {100 * hi:.2f}]%"
-        else:
-            ok = abs(measured - claimed) <= ACCURACY_TOLERANCE + 1e-12
-            crit = f"within ±{100 * ACCURACY_TOLERANCE:.1f} pp"
-        checks.append(Check(row_name, claimed, measured, measured - claimed, crit, ok, row_eps))
+    checks += _bound_checks(result, claims, claimed_dtype, notes)
+    checks += _accuracy_checks(result, claims, eps, statistical)
 
     return VerificationReport(model=name or type(model).__name__, dataset=dataset, split=split,
                               subset=measured_subset, mode=mode, n=n, checks=checks, notes=notes, result=result)
-
-
-from .certify import _make_module_callable  # noqa: E402
-
-_make_module_callable(__name__, verify)
