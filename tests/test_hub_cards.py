@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+import zlib
 from pathlib import Path
 
 import pytest
@@ -49,8 +50,28 @@ def _served_files() -> list[Path]:
 
 def absolute_paths(text: str) -> list[str]:
     """Absolute local paths in ``text``: well-known roots, drives and ``~/``, and any ``/a/b`` that exists here."""
-    found = _ABS.findall(text) + [m for m in _POSIX.findall(text) if Path(m).exists()]
+    found = _ABS.findall(text) + [m for m in _POSIX.findall(text) if re.search(r"[A-Za-z0-9]", m) and Path(m).exists()]
     return sorted(set(found))
+
+
+def _text_of(path: Path) -> str:
+    """What of a file is text: the JSON header of a safetensors file, the text chunks of a PNG, else all of it."""
+    data = path.read_bytes()
+    if path.suffix == ".safetensors":
+        data = data[8:8 + int.from_bytes(data[:8], "little")]
+    elif path.suffix == ".png":
+        chunks, i = [], 8
+        while i + 8 <= len(data):
+            n, kind = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8]
+            body = data[i + 8:i + 8 + n]
+            if kind in (b"tEXt", b"iTXt"):
+                chunks.append(body)
+            elif kind == b"zTXt":
+                key, _, rest = body.partition(b"\0")
+                chunks.append(key + b" " + zlib.decompress(rest[1:]))
+            i += 12 + n
+        data = b"\n".join(chunks)
+    return data.decode("utf-8", errors="replace")
 
 
 def test_the_path_detector_catches_what_it_must():
@@ -64,10 +85,7 @@ def test_the_path_detector_catches_what_it_must():
 def test_no_absolute_path_under_hub_or_in_the_manifest():
     offenders = {}
     for path in [*_served_files(), MANIFEST]:
-        data = path.read_bytes()
-        if path.suffix == ".safetensors":  # only the JSON header is text
-            data = data[8:8 + int.from_bytes(data[:8], "little")]
-        hits = absolute_paths(data.decode("utf-8", errors="replace"))
+        hits = absolute_paths(_text_of(path))
         if hits:
             offenders[str(path.relative_to(ROOT))] = hits
     assert not offenders, offenders
