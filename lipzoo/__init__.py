@@ -37,9 +37,9 @@ __all__ = [
 
 # public name -> the submodule that defines it (imported on first access)
 _LAZY = {
-    "create_model": "_registry", "list_models": "_registry", "list_pretrained": "_registry",
-    "model_info": "_registry", "resolve_name": "_registry", "UnknownModelError": "_registry",
-    "NoPretrainedWeightsError": "_registry",
+    "create_model": "_factory", "list_models": "_factory", "list_pretrained": "_factory",
+    "model_info": "_factory", "resolve_name": "_factory", "UnknownModelError": "_factory",
+    "NoPretrainedWeightsError": "_factory",
     # plain functions, defined in modules named otherwise (lipzoo.certify is the function, never a module)
     "certify": "certification", "audit": "auditing", "verify": "verification",
 }

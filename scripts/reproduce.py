@@ -30,9 +30,16 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
-# the project's targets for the compact CIFAR-10 models (issue #8): (clean accuracy, certified accuracy at 36/255)
-TARGETS = {"sll_xs.cifar10": (0.65, 0.50), "sandwich_xs.cifar10": (0.65, 0.50), "lot_xs.cifar10": (0.62, 0.47),
-           "soc_xs.cifar10": (0.62, 0.47)}
+
+
+def targets() -> dict[str, tuple[float, float]]:
+    """The project's targets (issue #8) as the families declare them (``Variant.targets``): ``arch.tag`` ->
+    (clean accuracy, certified accuracy at 36/255)."""
+    from lipzoo.models import FAMILIES
+
+    return {f"{arch}.{tag}": goal for family in FAMILIES.values() for arch, variant in family.variants.items()
+            for tag, goal in variant.targets.items()}
+
 
 _CHILD = r"""
 import json, sys, time
@@ -101,9 +108,10 @@ def _pct(x) -> str:
 
 def _target_cell(name: str, clean: float | None, cert36: float | None) -> str:
     """``target clean / cert36: met``, or the measured shortfall in percentage points."""
-    if name not in TARGETS:
+    goals = targets()
+    if name not in goals:
         return "—"
-    goal_clean, goal_cert = TARGETS[name]
+    goal_clean, goal_cert = goals[name]
     label = f"{_pct(goal_clean)} / {_pct(goal_cert)}"
     if clean is None or cert36 is None:
         return f"{label}: not measured"
@@ -167,9 +175,9 @@ def main() -> int:
                         "it); keep the other rows of <out>.json, each recorded with the command that measured it")
     a = p.parse_args()
     from lipzoo.hub.server import LocalHub
-    from lipzoo.models._builder import published_weights
+    from lipzoo import _manifest
 
-    published = published_weights()
+    published = _manifest.read()
     if not published:
         print("no published weights in lipzoo/hub/published.json: nothing to reproduce")
         return 1

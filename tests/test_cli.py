@@ -228,7 +228,7 @@ def fake_verify(monkeypatch):
 
 
 def _published(name: str) -> dict:
-    from lipzoo.models._builder import published_weights
+    from lipzoo.models._registry import published_weights
 
     return published_weights()[name]["claims"]
 

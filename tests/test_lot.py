@@ -13,7 +13,7 @@ from lipzoo.convert import from_reference, load_checkpoint
 from lipzoo.convert._lot import convert_state_dict
 from lipzoo.layers import activations
 from lipzoo.layers.lot import LOTConv2d, LOTLinear, fft_shift, lot_orthogonalize
-from lipzoo.models._builder import ARCHS
+from lipzoo.models._registry import ARCHS
 from lipzoo.models.lot import LOTLipConvNet
 from _fixtures import load_reference_case
 

@@ -21,7 +21,7 @@ import pytest
 
 pytest.importorskip("olah", reason="the local hub needs the hub extra: pip install 'lipzoo[hub]'")
 
-from lipzoo.models._builder import published_weights  # noqa: E402
+from lipzoo.models._registry import published_weights  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PUBLISHED = sorted(published_weights())
@@ -64,7 +64,7 @@ def test_lipzoo_timm_and_torch_hub_give_the_same_verified_model(name, hub, tmp_p
     out = _child(f'''
         import hashlib, json, timm, torch, lipzoo
         from lipzoo.verification import verify
-        from lipzoo.models._builder import published_weights
+        from lipzoo.models._registry import published_weights
 
         def digest(m):
             h = hashlib.sha256()
@@ -89,7 +89,7 @@ def test_claims_hold_on_the_full_test_set(name, hub, tmp_path):
     out = _child(f'''
         import json, lipzoo
         from lipzoo.verification import verify
-        from lipzoo.models._builder import published_weights
+        from lipzoo.models._registry import published_weights
         model = lipzoo.create_model({name!r}, pretrained=True, verify=False)
         report = verify(model, published_weights()[{name!r}]["claims"], mode="full")
         print("RESULT " + json.dumps({{"passed": bool(report.passed), "report": str(report)}}))

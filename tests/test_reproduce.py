@@ -54,10 +54,8 @@ def test_training_cell_sums_the_wall_clock_of_the_committed_run_log(tmp_path):
 
 
 def test_render_refuses_measurements_of_other_weights(tmp_path, monkeypatch, capsys):
-    import lipzoo.models._builder as builder
-
     published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {"clean_accuracy": 0.64}}}
-    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    monkeypatch.setattr("lipzoo._manifest.read", lambda path=None: published)
     out = tmp_path / "zoo"
     monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--out", str(out)])
     assert reproduce.main() == 1 and "no measurements in" in capsys.readouterr().out
@@ -69,10 +67,8 @@ def test_render_refuses_measurements_of_other_weights(tmp_path, monkeypatch, cap
 
 
 def test_render_shows_the_command_that_measured_the_rows(tmp_path, monkeypatch):
-    import lipzoo.models._builder as builder
-
     published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {"clean_accuracy": 0.64}}}
-    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    monkeypatch.setattr("lipzoo._manifest.read", lambda path=None: published)
     out = tmp_path / "zoo"
     measured_by = "python scripts/reproduce.py --audit 200"
     row = {**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64, "command": measured_by}
@@ -83,10 +79,8 @@ def test_render_shows_the_command_that_measured_the_rows(tmp_path, monkeypatch):
 
 
 def test_only_verifies_the_named_models_and_keeps_the_other_rows(tmp_path, monkeypatch, capsys):
-    import lipzoo.models._builder as builder
-
     published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {}}, "lot_xs.cifar10": {"sha256": "c" * 64, "claims": {}}}
-    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    monkeypatch.setattr("lipzoo._manifest.read", lambda path=None: published)
     verified = []
 
     def fake_verify(name, claims, endpoint, mode, hf_home, n_attack):
@@ -111,9 +105,7 @@ def test_only_verifies_the_named_models_and_keeps_the_other_rows(tmp_path, monke
 
 
 def _fake_run(monkeypatch, published):
-    import lipzoo.models._builder as builder
-
-    monkeypatch.setattr(builder, "published_weights", lambda: published)
+    monkeypatch.setattr("lipzoo._manifest.read", lambda path=None: published)
     verified = []
 
     def fake_verify(name, claims, endpoint, mode, hf_home, n_attack):

@@ -16,7 +16,7 @@ import torch
 import lipzoo
 from lipzoo._numerics import cache_scope
 from lipzoo.auditing import AuditWarning, audit
-from lipzoo.models._builder import ARCHS
+from lipzoo.models._registry import ARCHS
 
 CI_AUDIT = dict(n_probe=1, power_iters=3, pgd_steps=6, restarts=1, n_attack=2, pair_steps=2)
 # the paper-sized nets: fewer iterations (each is a forward/backward of a 10-200M-parameter net)

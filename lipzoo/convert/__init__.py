@@ -5,15 +5,16 @@
 * :func:`load_checkpoint` loads a checkpoint file into a lipzoo model: a lipzoo ``.safetensors`` state dict, or
   a file saved by a paper's code (``checkpoint_format``), read with ``torch.load(weights_only=True)`` only.
 
-Each family registers a converter module ``lipzoo.convert._<family>`` with
-``from_reference(spec, state) -> nn.Module`` and ``convert_state_dict(state, fmt, model) -> dict``.
+Each family declares its converter module (``lipzoo.convert._<family>``, with ``from_reference(spec, state) ->
+nn.Module`` and ``convert_state_dict(state, fmt, model) -> dict``) and its checkpoint formats in its
+``lipzoo/models/<family>.py`` declaration; nothing here lists families.
 """
 from __future__ import annotations
 
 import importlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from .._errors import LipzooUserError
 
@@ -23,17 +24,41 @@ if TYPE_CHECKING:  # torch is imported on use: the command line reads CHECKPOINT
 
 __all__ = ["from_reference", "load_checkpoint", "CHECKPOINT_FORMATS", "ConversionError"]
 
-# checkpoint_format -> converter module
-CHECKPOINT_FORMATS = {
-    "sll": "_sll", "sll-legacy": "_sll",
-    "lbdn": "_sandwich",
-    "soc": "_soc", "soc-improved": "_soc",
-    "lot": "_lot",
-    "cpl": "_cpl",
-}
-# fixture/spec family -> converter module
-_FAMILY_MODULES = {"sll": "_sll", "sandwich": "_sandwich", "soc": "_soc", "improved": "_soc", "lot": "_lot",
-                   "cpl": "_cpl"}
+class _DeclaredFormats(Mapping[str, str]):
+    """``checkpoint_format -> converter module`` (dotted path), as the families declare them
+    (``Family.checkpoint_formats`` in ``lipzoo/models/<family>.py``). Read from the registry on first use, so the
+    command line can build its parser without importing torch; iterates in sorted order."""
+
+    def _formats(self) -> dict[str, str]:
+        from ..models._registry import checkpoint_formats
+        import lipzoo.models  # noqa: F401  (registers the families)
+
+        return checkpoint_formats()
+
+    def __getitem__(self, name: str) -> str:
+        return self._formats()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._formats()))
+
+    def __len__(self) -> int:
+        return len(self._formats())
+
+    def __repr__(self) -> str:
+        return f"CHECKPOINT_FORMATS({dict(self)})"
+
+
+CHECKPOINT_FORMATS: Mapping[str, str] = _DeclaredFormats()
+
+
+def _reference_converter(family: str | None) -> str | None:
+    """The converter of the authors' reference modules of ``family`` (a family name or one of its aliases)."""
+    from ..models import FAMILIES
+
+    for f in FAMILIES.values():
+        if f.reference_converter and family in (f.name, *f.reference_aliases):
+            return f.reference_converter
+    return None
 
 
 class ConversionError(LipzooUserError, ValueError):
@@ -41,16 +66,20 @@ class ConversionError(LipzooUserError, ValueError):
 
 
 def _converter(module_name: str):
-    return importlib.import_module(f"{__name__}.{module_name}")
+    return importlib.import_module(module_name)
 
 
 def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """The lipzoo module equivalent to the authors' ``spec['class']`` built with ``spec['constructor']``,
     with ``state`` (authors' key names) loaded, in the state's dtype."""
     family = spec.get("family")
-    if family not in _FAMILY_MODULES:
-        raise ConversionError(f"no converter for family {family!r} (known: {sorted(_FAMILY_MODULES)})")
-    return _converter(_FAMILY_MODULES[family]).from_reference(spec, state)
+    converter = _reference_converter(family)
+    if converter is None:
+        from ..models import FAMILIES
+
+        known = sorted(n for f in FAMILIES.values() if f.reference_converter for n in (f.name, *f.reference_aliases))
+        raise ConversionError(f"no converter for family {family!r} (known: {known})")
+    return _converter(converter).from_reference(spec, state)
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -197,3 +197,20 @@ class PairMaxPool(LipschitzModule):
 
     def extra_repr(self) -> str:
         return f"pairing={self.pairing!r}"
+
+
+ACTIVATIONS = ("maxmin", "hh1", "hh2")
+__all__ += ["ACTIVATIONS", "create_activation"]
+
+
+def create_activation(name: str, channels: int, pairing: Pairing = "halves") -> LipschitzModule:
+    """The pairwise activation ``name`` for ``channels`` channels: ``'maxmin'`` (:class:`MaxMin`), ``'hh1'``
+    (:class:`HouseHolder`, order 1) or ``'hh2'`` (:class:`HouseHolder2`), pairing channels as ``pairing`` says.
+    Each is 1-Lipschitz (gradient-norm preserving)."""
+    if name == "maxmin":
+        return MaxMin(pairing)
+    if name == "hh1":
+        return HouseHolder(channels, pairing)
+    if name == "hh2":
+        return HouseHolder2(channels, pairing)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")

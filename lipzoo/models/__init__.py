@@ -1,13 +1,8 @@
-"""Architectures of the four families, registered in timm's registry on import."""
+"""Architectures, registered in timm's registry on import: every non-underscore module here declares one family
+(:func:`~lipzoo.models._registry.register_family`); a module that fails to import or declares none is an error."""
 from ._base import HeadReplacementError, LipschitzClassifier
-from ._builder import ARCHS
-from . import sll  # noqa: F401
+from ._registry import ARCHS, FAMILIES, discover_families
 
-for _family in ("soc", "lot", "sandwich", "aol", "cpl", "cayley", "bcop"):
-    try:  # families land one by one; a missing module must not break the others
-        __import__(f"{__name__}.{_family}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_family}":
-            raise
+discover_families(__name__)
 
-__all__ = ["ARCHS", "LipschitzClassifier", "HeadReplacementError"]
+__all__ = ["ARCHS", "FAMILIES", "LipschitzClassifier", "HeadReplacementError"]

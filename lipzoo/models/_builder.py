@@ -1,58 +1,27 @@
-"""Registration helpers: timm ``register_model`` + ``generate_default_cfgs`` with lipzoo metadata.
+"""The builder (timm's ``_builder``): construct a registered architecture, its pretrained cfgs, its parameter count.
 
-Every architecture is registered into **timm's** registry (so ``timm.create_model('sll_xs')`` works after
-``import lipzoo``) and into lipzoo's own table of architectures (family, paper, notes) used by
-``lipzoo.list_models`` / ``model_info``. Published weights (tags) come from ``lipzoo/hub/published.json``,
-which ``lipzoo publish`` generates; it is never edited by hand.
+* :func:`build` calls timm's ``build_model_with_cfg`` without timm's weight loading, records how the model was
+  constructed (:func:`build_record`) and then asks the installed loader (:mod:`lipzoo._hooks`) for published weights:
+  the models floor never imports the hub.
+* :func:`default_cfgs_for` gives timm ``default_cfgs`` with one tag per published weight, read through
+  :mod:`lipzoo._manifest` (``published.json``) when a family registers.
+
+The registry of names (:mod:`lipzoo.models._registry`) sits above this module and uses it; nothing here imports it.
 """
 from __future__ import annotations
 
-import difflib
-import fnmatch
-import json
-import os
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs
 
-from .._errors import LipzooUserError
+from .. import _manifest
 from .._hooks import pretrained_loader
 
-__all__ = ["ArchInfo", "ARCHS", "register", "default_cfgs_for", "build", "build_record", "published_weights",
-           "PUBLISHED_JSON", "BUILD_RECORD_ATTR", "count_parameters", "resolve_name",
-           "list_models", "list_pretrained", "pretrained_name", "UnknownModelError", "NoPretrainedWeightsError"]
+__all__ = ["build", "build_record", "default_cfgs_for", "count_parameters", "with_input_stats", "BUILD_RECORD_ATTR",
+           "INPUT_MEAN", "INPUT_STD"]
 
 # The attribute where :func:`build` records how a model was constructed (see :func:`build_record`).
 BUILD_RECORD_ATTR = "lipzoo_build"
-
-# ``LIPZOO_PUBLISHED_JSON`` points the registry at another file (tests, scratch publishing); read at import.
-PUBLISHED_JSON = Path(os.environ.get("LIPZOO_PUBLISHED_JSON") or Path(__file__).resolve().parent.parent / "hub" / "published.json")
-
-
-@dataclass
-class ArchInfo:
-    name: str
-    family: str
-    paper: str
-    description: str = ""
-    paper_params: float | None = None  # parameters reported by the paper (millions), where one exists
-    paper_params_note: str = ""
-    compact: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-ARCHS: dict[str, ArchInfo] = {}
-
-
-def published_weights() -> dict[str, dict[str, Any]]:
-    """``{'arch.tag': {'hf_hub_id', 'revision', 'sha256', 'num_classes', 'dataset', ...}}`` of published weights."""
-    if not PUBLISHED_JSON.exists():
-        return {}
-    return json.loads(PUBLISHED_JSON.read_text())
-
 
 # What a lipzoo model expects as input, in timm's terms: images in [0, 1], so timm's transforms must not normalise
 # (``resolve_data_config`` + ``create_transform`` then give exactly ``ToTensor()``'s [0, 1] tensor). The dataset
@@ -61,17 +30,9 @@ INPUT_MEAN = (0.0, 0.0, 0.0)
 INPUT_STD = (1.0, 1.0, 1.0)
 
 
-def _base_cfg(**kwargs) -> dict[str, Any]:
-    cfg = dict(
-        input_size=(3, 32, 32),
-        fixed_input_size=True,
-        crop_pct=1.0,
-        interpolation="bilinear",
-        num_classes=10,
-        first_conv="",
-        classifier="head",
-        license="mit",
-    )
+def _base_cfg(**kwargs: Any) -> dict[str, Any]:
+    cfg = dict(input_size=(3, 32, 32), fixed_input_size=True, crop_pct=1.0, interpolation="bilinear",
+               num_classes=10, first_conv="", classifier="head", license="mit")
     cfg.update(kwargs)
     cfg.update(mean=INPUT_MEAN, std=INPUT_STD)
     return cfg
@@ -83,40 +44,22 @@ def with_input_stats(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**cfg, "mean": INPUT_MEAN, "std": INPUT_STD}
 
 
-def default_cfgs_for(archs: list[str], **cfg_kwargs) -> dict:
-    """timm ``default_cfgs`` for ``archs``: one tag per published weight, else an untagged cfg without weights.
+def default_cfgs_for(archs: Iterable[str]) -> dict:
+    """timm ``default_cfgs`` for ``archs``: one ``arch.tag`` cfg per published weight (``hf_hub_id``, ``num_classes``
+    from the manifest), else one untagged cfg without weights.
 
-    ``mean``/``std`` of a cfg describe the model's *input* for timm's data pipeline: lipzoo models take [0, 1]
-    images and normalise inside the model, so every cfg has mean 0 and std 1 whatever the family passes (the
-    dataset statistics a family hands in are the ones its model applies internally).
+    ``mean``/``std`` of a cfg describe the model's *input* for timm's data pipeline: lipzoo models take [0, 1] images
+    and normalise inside the model, so every cfg has mean 0 and std 1.
     """
-    cfg_kwargs.pop("mean", None)
-    cfg_kwargs.pop("std", None)
-    published = published_weights()
+    published = _manifest.read()
     entries: dict[str, dict[str, Any]] = {}
     for arch in archs:
         tags = {k: v for k, v in published.items() if k.split(".", 1)[0] == arch}
         for full, meta in sorted(tags.items()):
-            entries[full] = _base_cfg(
-                hf_hub_id=meta["hf_hub_id"],
-                num_classes=meta.get("num_classes", 10),
-                **cfg_kwargs,
-            )
+            entries[full] = _base_cfg(hf_hub_id=meta["hf_hub_id"], num_classes=meta.get("num_classes", 10))
         if not tags:
-            entries[arch] = _base_cfg(**cfg_kwargs)
+            entries[arch] = _base_cfg()
     return generate_default_cfgs(entries)
-
-
-def register(info: ArchInfo) -> Callable[[Callable], Callable]:
-    """Decorator: register an entrypoint in timm and record its :class:`ArchInfo`."""
-
-    def deco(fn: Callable) -> Callable:
-        if fn.__name__ != info.name:
-            raise ValueError(f"entrypoint {fn.__name__} registered as {info.name}")
-        ARCHS[info.name] = info
-        return register_model(fn)
-
-    return deco
 
 
 def build_record(model) -> dict[str, Any] | None:
@@ -171,68 +114,15 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-# ------------------------------------------------------------------------------------ names and weights
-class UnknownModelError(LipzooUserError, ValueError):
-    pass
+# Names that moved to :mod:`lipzoo.models._registry` (timm's layout: the registry holds names, the builder builds).
+# Modules of other floors still import them from here; they are looked up on access, so no import cycle exists.
+_MOVED = ("ARCHS", "ArchInfo", "resolve_name", "list_models", "list_pretrained", "pretrained_name",
+          "published_weights", "UnknownModelError", "NoPretrainedWeightsError")
 
 
-class NoPretrainedWeightsError(LipzooUserError, ValueError):
-    pass
+def __getattr__(name: str):
+    if name in _MOVED:
+        from . import _registry
 
-
-def _split(name: str) -> tuple[str, str | None]:
-    arch, _, tag = name.partition(".")
-    return arch, (tag or None)
-
-
-def resolve_name(name: str) -> str:
-    """Map an alias to the registered name: ``'sll-xl'`` -> ``'sll_xl'``, ``'SLL-XS.cifar10'`` -> ``'sll_xs.cifar10'``.
-
-    Raises :class:`UnknownModelError` listing the closest known names for an unknown architecture.
-    """
-    if not isinstance(name, str) or not name:
-        raise UnknownModelError(f"model name must be a non-empty string, got {name!r}")
-    arch, tag = _split(name.strip())
-    arch = arch.lower().replace("-", "_")
-    if arch not in ARCHS:
-        close = difflib.get_close_matches(arch, list(ARCHS), n=5, cutoff=0.4)
-        hint = f" Closest: {', '.join(close)}." if close else ""
-        raise UnknownModelError(f"unknown lipzoo model {name!r}.{hint} See lipzoo.list_models() or `lipzoo list`.")
-    return f"{arch}.{tag}" if tag else arch
-
-
-def _natural_key(name: str) -> list:
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
-
-
-def list_models(pattern: str = "*") -> list[str]:
-    """Registered lipzoo architectures matching a shell-style ``pattern`` (hyphens accepted), natural order."""
-    pattern = pattern.lower().replace("-", "_")
-    return sorted((a for a in ARCHS if fnmatch.fnmatch(a, pattern)), key=_natural_key)
-
-
-def list_pretrained(pattern: str = "*") -> list[str]:
-    """Published ``arch.tag`` weights matching ``pattern``."""
-    pattern = pattern.lower().replace("-", "_")
-    return sorted(k for k in published_weights() if fnmatch.fnmatch(k, pattern) or fnmatch.fnmatch(k.split(".")[0], pattern))
-
-
-def pretrained_name(name: str) -> str:
-    """``arch.tag`` of the published weights ``name`` asks for (``'sll_xs'`` -> ``'sll_xs.cifar10'``); raises
-    :class:`NoPretrainedWeightsError` listing what is published."""
-    arch, tag = _split(name)
-    published = [k for k in published_weights() if k.split(".")[0] == arch]
-    if tag is None:
-        if not published:
-            raise NoPretrainedWeightsError(
-                f"no pretrained weights are published for {arch!r}. Published: "
-                f"{', '.join(list_pretrained()) or 'none yet'}. Use pretrained=False, or train one with `lipzoo train`."
-            )
-        preferred = [k for k in published if k.endswith(".cifar10")]
-        return (preferred or sorted(published))[0]
-    if name not in published:
-        raise NoPretrainedWeightsError(
-            f"no pretrained weights {name!r}. Published for {arch}: {', '.join(sorted(published)) or 'none'}; "
-            f"all published: {', '.join(list_pretrained()) or 'none yet'}."
-        )
-    return name
+        return getattr(_registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -20,6 +20,8 @@ Proven bound: the product of the AOL layers' realised-weight bounds (each 1 up t
 """
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from ..layers.activations import MaxMin
@@ -27,7 +29,7 @@ from ..layers.aol import AOLConv2d, AOLLinear
 from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
 from ..layers.shapes import FirstChannels, PixelUnshuffle
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._registry import Family, Variant, register_family
 
 __all__ = ["AOLNet"]
 
@@ -87,50 +89,30 @@ class AOLNet(LipschitzClassifier):
         return nn.Sequential(AOLLinear(self.num_features, self.num_features, init="identity"), FirstChannels(num_classes))
 
 
-# name: filters_after_downsize (the repo's size_parameter); everything else at the repo's defaults
-_SIZES = {"aol_s": 16, "aol_m": 32, "aol_l": 48}
+def _paper_size(size: str, name: str, f: int) -> Variant:
+    """AOL-S/M/L: the repo's ``size_parameter`` = ``filters_after_downsize`` ``f``, everything else at its defaults."""
+    return Variant(
+        f"AOL-{size} (the paper's patch-wise network): 4x4 patches, 12 AOL 3x3 convs (192 channels), {f} channels "
+        f"kept, 13 AOL dense layers ({64 * f} units) + AOL dense head, first-classes output",
+        dict(filters_after_downsize=f),
+        doc=f"AOL-{name}: the paper's patch-wise network, {f} channels after downsizing ({64 * f} dense units).",
+        paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
+
+
 # Compact CPU variant: the same patch-wise structure, narrower encoder and dense part (<= 3M parameters).
 _XS = dict(encoding_channels=96, n_encoding=12, filters_after_downsize=8, n_dense=6)
 
-default_cfgs = default_cfgs_for(list(_SIZES) + ["aol_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
-
-
-def _aol(variant: str, pretrained: bool, **kwargs) -> AOLNet:
-    args = dict(_XS) if variant == "aol_xs" else dict(filters_after_downsize=_SIZES[variant])
-    args.update(kwargs)
-    return build(AOLNet, variant, pretrained, **args)
-
-
-def _info(name: str) -> ArchInfo:
-    if name == "aol_xs":
-        return ArchInfo(name, "aol", PAPER, "compact AOL for 2-core CPU training: the patch-wise AOL network with "
-                        + ", ".join(f"{k}={v}" for k, v in _XS.items()), compact=True)
-    f = _SIZES[name]
-    desc = (f"AOL-{name[4:].upper()} (the paper's patch-wise network): 4x4 patches, 12 AOL 3x3 convs (192 channels), "
-            f"{f} channels kept, 13 AOL dense layers ({64 * f} units) + AOL dense head, first-classes output")
-    return ArchInfo(name, "aol", PAPER, desc,
-                    paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
-
-
-@register(_info("aol_s"))
-def aol_s(pretrained: bool = False, **kwargs) -> AOLNet:
-    """AOL-Small: the paper's patch-wise network, 16 channels after downsizing (1024 dense units)."""
-    return _aol("aol_s", pretrained, **kwargs)
-
-
-@register(_info("aol_m"))
-def aol_m(pretrained: bool = False, **kwargs) -> AOLNet:
-    """AOL-Medium: the paper's patch-wise network, 32 channels after downsizing (2048 dense units)."""
-    return _aol("aol_m", pretrained, **kwargs)
-
-
-@register(_info("aol_l"))
-def aol_l(pretrained: bool = False, **kwargs) -> AOLNet:
-    """AOL-Large: the paper's patch-wise network, 48 channels after downsizing (3072 dense units)."""
-    return _aol("aol_l", pretrained, **kwargs)
-
-
-@register(_info("aol_xs"))
-def aol_xs(pretrained: bool = False, **kwargs) -> AOLNet:
-    """Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."""
-    return _aol("aol_xs", pretrained, **kwargs)
+register_family(Family(
+    name="aol", paper=PAPER, model=AOLNet, module=__name__,
+    variants={
+        "aol_s": _paper_size("S", "Small", 16),
+        "aol_m": _paper_size("M", "Medium", 32),
+        "aol_l": _paper_size("L", "Large", 48),
+        "aol_xs": Variant("compact AOL for 2-core CPU training: the patch-wise AOL network with "
+                          + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True,
+                          doc="Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."),
+    },
+    checkpoint_formats={"aol-1llc": "lipzoo.convert._aol"},
+    reference_converter="lipzoo.convert._aol",
+    bench_layers={"AOLConv2d 3x3 (64 -> 64)": partial(AOLConv2d, 64, 64, 3)},
+))

@@ -13,11 +13,12 @@ the input grid of the per-frequency spectral norm; dense layers: the spectral no
 """
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from ..layers.bcop import BCOPConv2d, BjorckLinear
-from ..layers.normalize import CIFAR10_MEAN
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._registry import Family, Variant, register_family
 from ._kwlarge import KWLargeNet
 
 __all__ = ["BCOPKWLarge"]
@@ -39,37 +40,27 @@ class BCOPKWLarge(KWLargeNet):
         return BjorckLinear(in_features, out_features, **self._layer_kwargs)
 
 
-# KW-Large, width factor 1; Bjorck: 20 iterations in training and eval (LConvNet's default)
-_KWLARGE = dict(channels=(32, 64), dense=(512, 512), layer_kwargs=dict(bjorck_iters=20, eval_bjorck_iters=20))
-# Compact CPU variant: KW-Large convolutions, dense 256/256, fewer Bjorck iterations in training (the bound is
-# measured on the realised operators, so this trades speed for orthogonality, never soundness)
-_XS = dict(channels=(32, 64), dense=(256, 256), layer_kwargs=dict(bjorck_iters=8, eval_bjorck_iters=20))
-
-default_cfgs = default_cfgs_for(["bcop_kwlarge", "bcop_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
-
-
-def _bcop(variant: str, pretrained: bool, **kwargs) -> BCOPKWLarge:
-    base = _XS if variant == "bcop_xs" else _KWLARGE
-    args = dict(base, layer_kwargs=dict(base["layer_kwargs"]))
-    args.update(kwargs)
-    return build(BCOPKWLarge, variant, pretrained, **args)
-
-
-@register(ArchInfo(
-    "bcop_kwlarge", "bcop", PAPER,
-    "KW-Large (w=1) with BCOP convs 3->32, 32->32 (stride 2), 32->64, 64->64 (stride 2), GroupSort, Bjorck dense "
-    "4096->512->512, Bjorck head (as trained with BCOP by Trockman & Kolter, ICLR 2021); 20 Bjorck iterations",
-    paper_params_note="no verified published parameter count (the papers' tables were not checked); lipzoo reports "
-                      "sum(p.numel())"))
-def bcop_kwlarge(pretrained: bool = False, **kwargs) -> BCOPKWLarge:
-    """KW-Large (width factor 1) with BCOP convolutions and Bjorck dense layers."""
-    return _bcop("bcop_kwlarge", pretrained, **kwargs)
-
-
-@register(ArchInfo(
-    "bcop_xs", "bcop", PAPER,
-    "compact BCOP for 2-core CPU training: the KW-Large BCOP convolutions (32, 64) with Bjorck dense 4096->256->256, "
-    "Bjorck head; 8 Bjorck iterations in training, 20 in eval", compact=True))
-def bcop_xs(pretrained: bool = False, **kwargs) -> BCOPKWLarge:
-    """Compact BCOP network for CPU training: KW-Large convolutions, narrower dense layers."""
-    return _bcop("bcop_xs", pretrained, **kwargs)
+register_family(Family(
+    name="bcop", paper=PAPER, model=BCOPKWLarge, module=__name__,
+    variants={
+        # KW-Large, width factor 1; Bjorck: 20 iterations in training and eval (LConvNet's default)
+        "bcop_kwlarge": Variant(
+            "KW-Large (w=1) with BCOP convs 3->32, 32->32 (stride 2), 32->64, 64->64 (stride 2), GroupSort, Bjorck "
+            "dense 4096->512->512, Bjorck head (as trained with BCOP by Trockman & Kolter, ICLR 2021); 20 Bjorck "
+            "iterations",
+            dict(channels=(32, 64), dense=(512, 512), layer_kwargs=dict(bjorck_iters=20, eval_bjorck_iters=20)),
+            paper_params_note="no verified published parameter count (the papers' tables were not checked); lipzoo "
+                              "reports sum(p.numel())",
+            doc="KW-Large (width factor 1) with BCOP convolutions and Bjorck dense layers."),
+        # Compact CPU variant: KW-Large convolutions, dense 256/256, fewer Bjorck iterations in training (the bound
+        # is measured on the realised operators, so this trades speed for orthogonality, never soundness)
+        "bcop_xs": Variant(
+            "compact BCOP for 2-core CPU training: the KW-Large BCOP convolutions (32, 64) with Bjorck dense "
+            "4096->256->256, Bjorck head; 8 Bjorck iterations in training, 20 in eval",
+            dict(channels=(32, 64), dense=(256, 256), layer_kwargs=dict(bjorck_iters=8, eval_bjorck_iters=20)),
+            compact=True, doc="Compact BCOP network for CPU training: KW-Large convolutions, narrower dense layers."),
+    },
+    checkpoint_formats={"bcop": "lipzoo.convert._bcop"},
+    reference_converter="lipzoo.convert._bcop",
+    bench_layers={"BCOPConv2d 3x3 (64 -> 64)": partial(BCOPConv2d, 64, 64, 3)},
+))

@@ -15,6 +15,7 @@ orthogonal (per-frequency) matrices for the 32x32 input the layers were built fo
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Sequence
 
 import torch
@@ -26,7 +27,7 @@ from ..layers.cayley import CayleyConv2d, CayleyLinear
 from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
 from ..layers.shapes import SumPool2d
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._registry import Family, Variant, register_family
 from ._kwlarge import KWLargeNet
 
 __all__ = ["CayleyKWLarge", "ConvexCombination", "CayleyResNet9"]
@@ -104,48 +105,32 @@ class CayleyResNet9(LipschitzClassifier):
         return CayleyLinear(self.num_features, num_classes)
 
 
-# KW-Large, width factor w = 1 (the paper's model): convs 32/64, dense 512/512
-_KWLARGE = dict(channels=(32, 64), dense=(512, 512))
-# Compact CPU variant: the KW-Large convolutions, dense 256/256 (the 4096 x d1 dense layer holds most parameters).
-_XS = dict(channels=(32, 64), dense=(256, 256))
+_NO_COUNT = ("no verified published parameter count (the paper's tables were not checked); lipzoo reports "
+             "sum(p.numel()), alpha scalars included")
 
-default_cfgs = default_cfgs_for(["cayley_kwlarge", "cayley_resnet9", "cayley_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
-
-
-def _cayley(variant: str, pretrained: bool, **kwargs) -> LipschitzClassifier:
-    if variant == "cayley_resnet9":
-        return build(CayleyResNet9, variant, pretrained, **kwargs)
-    args = dict(_XS if variant == "cayley_xs" else _KWLARGE)
-    args.update(kwargs)
-    return build(CayleyKWLarge, variant, pretrained, **args)
-
-
-@register(ArchInfo(
-    "cayley_kwlarge", "cayley", PAPER,
-    "KW-Large (w=1): Cayley convs 3->32, 32->32 (stride 2), 32->64, 64->64 (stride 2), GroupSort, Cayley dense "
-    "4096->512->512, Cayley head; mean-only normalisation",
-    paper_params_note="no verified published parameter count (the paper's tables were not checked); lipzoo reports "
-                      "sum(p.numel()), alpha scalars included"))
-def cayley_kwlarge(pretrained: bool = False, **kwargs) -> CayleyKWLarge:
-    """The Cayley paper's KW-Large network (width factor 1) with Cayley convolutions and dense layers."""
-    return _cayley("cayley_kwlarge", pretrained, **kwargs)
-
-
-@register(ArchInfo(
-    "cayley_resnet9", "cayley", PAPER,
-    "ResNet9: Cayley convs 3->64->128, window-sum pool, convex residual (128, 2 convs), 128->256, pool, 256->512, "
-    "pool, convex residual (512, 2 convs), pool, Cayley dense 2048->512, Cayley head; GroupSort",
-    paper_params_note="no verified published parameter count (the paper's tables were not checked); lipzoo reports "
-                      "sum(p.numel()), alpha scalars included"))
-def cayley_resnet9(pretrained: bool = False, **kwargs) -> CayleyResNet9:
-    """The Cayley paper's ResNet9 with Cayley convolutions, convex-combination residuals and Cayley dense layers."""
-    return _cayley("cayley_resnet9", pretrained, **kwargs)
-
-
-@register(ArchInfo(
-    "cayley_xs", "cayley", PAPER,
-    "compact Cayley for 2-core CPU training: the KW-Large convolutions (32, 64) with dense 4096->256->256, "
-    "Cayley head", compact=True))
-def cayley_xs(pretrained: bool = False, **kwargs) -> CayleyKWLarge:
-    """Compact Cayley network for CPU training: KW-Large convolutions, narrower dense layers."""
-    return _cayley("cayley_xs", pretrained, **kwargs)
+register_family(Family(
+    name="cayley", paper=PAPER, model=CayleyKWLarge, module=__name__,
+    variants={
+        # KW-Large, width factor w = 1 (the paper's model): convs 32/64, dense 512/512
+        "cayley_kwlarge": Variant(
+            "KW-Large (w=1): Cayley convs 3->32, 32->32 (stride 2), 32->64, 64->64 (stride 2), GroupSort, Cayley "
+            "dense 4096->512->512, Cayley head; mean-only normalisation",
+            dict(channels=(32, 64), dense=(512, 512)), paper_params_note=_NO_COUNT,
+            doc="The Cayley paper's KW-Large network (width factor 1) with Cayley convolutions and dense layers."),
+        "cayley_resnet9": Variant(
+            "ResNet9: Cayley convs 3->64->128, window-sum pool, convex residual (128, 2 convs), 128->256, pool, "
+            "256->512, pool, convex residual (512, 2 convs), pool, Cayley dense 2048->512, Cayley head; GroupSort",
+            model=CayleyResNet9, paper_params_note=_NO_COUNT,
+            doc="The Cayley paper's ResNet9 with Cayley convolutions, convex-combination residuals and Cayley dense "
+                "layers."),
+        # Compact CPU variant: the KW-Large convolutions, dense 256/256 (the 4096 x d1 dense layer holds most
+        # parameters).
+        "cayley_xs": Variant(
+            "compact Cayley for 2-core CPU training: the KW-Large convolutions (32, 64) with dense 4096->256->256, "
+            "Cayley head", dict(channels=(32, 64), dense=(256, 256)), compact=True,
+            doc="Compact Cayley network for CPU training: KW-Large convolutions, narrower dense layers."),
+    },
+    checkpoint_formats={"cayley": "lipzoo.convert._cayley"},
+    reference_converter="lipzoo.convert._cayley",
+    bench_layers={"CayleyConv2d 3x3 (64 -> 64)": partial(CayleyConv2d, 64, 64, 3)},
+))

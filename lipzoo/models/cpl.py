@@ -17,14 +17,17 @@ tables here; a person must confirm them before any checkpoint or claimed number 
 """
 from __future__ import annotations
 
+from functools import partial
+
 from torch import nn
 
 from ..layers.cpl import CPLConv2d, CPLLinear
 from ..layers.heads import LLN
 from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
-from ..layers.shapes import ChannelPad, FirstChannels, SLLAvgPool
+from ..layers.shapes import FirstChannels
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._registry import Family, Variant, register_family
+from .sll import residual_body
 
 __all__ = ["CPLNet"]
 
@@ -59,13 +62,10 @@ class CPLNet(LipschitzClassifier):
         self.num_classes = num_classes
         mean = mean or (CIFAR100_MEAN if num_classes == 100 else CIFAR10_MEAN)
         self.normalize = InputNormalize(mean, (1.0, 1.0, 1.0))
-        side = input_size // pool
-        self.num_features = width * side * side
-        layers: list[nn.Module] = [ChannelPad(width)]
-        layers += [CPLConv2d(width, conv_inner_dim, 3, input_size=input_size) for _ in range(n_conv)]
-        layers += [SLLAvgPool(pool), nn.Flatten()]
-        layers += [CPLLinear(self.num_features, dense_inner_dim) for _ in range(n_dense)]
-        self.features = nn.Sequential(*layers)
+        self.features, self.num_features = residual_body(
+            width, n_conv, n_dense, input_size, pool,
+            lambda: CPLConv2d(width, conv_inner_dim, 3, input_size=input_size),
+            lambda features: CPLLinear(features, dense_inner_dim))
         self.head = self._make_head(num_classes)
 
     def _make_head(self, num_classes: int) -> nn.Module:
@@ -74,65 +74,32 @@ class CPLNet(LipschitzClassifier):
         return FirstChannels(num_classes)
 
 
-_SIZES = {
-    # name: (width, n_conv, n_dense, conv_inner, dense_inner) -- UNVERIFIED, see the module docstring
-    "cpl_s": (45, 20, 7, 5, 2048),
-    "cpl_m": (60, 30, 10, 5, 2048),
-    "cpl_l": (60, 90, 15, 5, 4096),
-    "cpl_xl": (70, 120, 15, 5, 4096),
-}
+def _paper_size(size: str, width: int, n_conv: int, n_dense: int, dense_inner: int) -> Variant:
+    """CPL S/M/L/XL (UNVERIFIED sizes, see the module docstring): conv inner dimension 5."""
+    return Variant(
+        f"CPL-{size}: {n_conv} CPL convs (width {width}, inner 5), {n_dense} CPL dense layers (inner {dense_inner}), "
+        "LLN head (head='trunc': first-classes output); layer counts UNVERIFIED against the paper",
+        dict(width=width, n_conv=n_conv, n_dense=n_dense, conv_inner_dim=5, dense_inner_dim=dense_inner),
+        doc=f"CPL-{size} (UNVERIFIED sizes): {n_conv} CPL convs (width {width}), {n_dense} CPL dense layers "
+            f"({dense_inner}), LLN head.",
+        paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
+
+
 # Compact CPU variant: the shape of sll_xs (same per-layer cost as SLL), <= 3M parameters.
 _XS = dict(width=32, n_conv=8, n_dense=4, conv_inner_dim=32, dense_inner_dim=256)
 
-default_cfgs = default_cfgs_for(list(_SIZES) + ["cpl_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
-
-
-def _cpl(variant: str, pretrained: bool, **kwargs) -> CPLNet:
-    if variant == "cpl_xs":
-        args = dict(_XS)
-    else:
-        w, nc, nd, ci, di = _SIZES[variant]
-        args = dict(width=w, n_conv=nc, n_dense=nd, conv_inner_dim=ci, dense_inner_dim=di)
-    args.update(kwargs)
-    return build(CPLNet, variant, pretrained, **args)
-
-
-def _info(name: str) -> ArchInfo:
-    if name == "cpl_xs":
-        return ArchInfo(name, "cpl", PAPER, "compact CPL for 2-core CPU training: "
-                        + ", ".join(f"{k}={v}" for k, v in _XS.items()), compact=True)
-    w, nc, nd, ci, di = _SIZES[name]
-    desc = (f"CPL-{name[4:].upper()}: {nc} CPL convs (width {w}, inner {ci}), {nd} CPL dense layers (inner {di}), "
-            "LLN head (head='trunc': first-classes output); layer counts UNVERIFIED against the paper")
-    return ArchInfo(name, "cpl", PAPER, desc,
-                    paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
-
-
-@register(_info("cpl_s"))
-def cpl_s(pretrained: bool = False, **kwargs) -> CPLNet:
-    """CPL-S (UNVERIFIED sizes): 20 CPL convs (width 45), 7 CPL dense layers (2048), LLN head."""
-    return _cpl("cpl_s", pretrained, **kwargs)
-
-
-@register(_info("cpl_m"))
-def cpl_m(pretrained: bool = False, **kwargs) -> CPLNet:
-    """CPL-M (UNVERIFIED sizes): 30 CPL convs (width 60), 10 CPL dense layers (2048), LLN head."""
-    return _cpl("cpl_m", pretrained, **kwargs)
-
-
-@register(_info("cpl_l"))
-def cpl_l(pretrained: bool = False, **kwargs) -> CPLNet:
-    """CPL-L (UNVERIFIED sizes): 90 CPL convs (width 60), 15 CPL dense layers (4096), LLN head."""
-    return _cpl("cpl_l", pretrained, **kwargs)
-
-
-@register(_info("cpl_xl"))
-def cpl_xl(pretrained: bool = False, **kwargs) -> CPLNet:
-    """CPL-XL (UNVERIFIED sizes): 120 CPL convs (width 70), 15 CPL dense layers (4096), LLN head."""
-    return _cpl("cpl_xl", pretrained, **kwargs)
-
-
-@register(_info("cpl_xs"))
-def cpl_xs(pretrained: bool = False, **kwargs) -> CPLNet:
-    """Compact CPL for CPU training (<= 3M parameters): CPL convs at 32x32, CPL dense layers, LLN head."""
-    return _cpl("cpl_xs", pretrained, **kwargs)
+register_family(Family(
+    name="cpl", paper=PAPER, model=CPLNet, module=__name__,
+    variants={
+        "cpl_s": _paper_size("S", 45, 20, 7, 2048),
+        "cpl_m": _paper_size("M", 60, 30, 10, 2048),
+        "cpl_l": _paper_size("L", 60, 90, 15, 4096),
+        "cpl_xl": _paper_size("XL", 70, 120, 15, 4096),
+        "cpl_xs": Variant("compact CPL for 2-core CPU training: " + ", ".join(f"{k}={v}" for k, v in _XS.items()),
+                          _XS, doc="Compact CPL for CPU training (<= 3M parameters): CPL convs at 32x32, CPL dense "
+                          "layers, LLN head.", compact=True),
+    },
+    checkpoint_formats={"cpl": "lipzoo.convert._cpl"},
+    reference_converter="lipzoo.convert._cpl",
+    bench_layers={"CPLConv2d(64, inner 64)": partial(CPLConv2d, 64, 64, 3)},
+))

@@ -17,37 +17,24 @@ the layers were built for, or the size of the last forward).
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import torch
 from torch import nn
 
-from ..layers.activations import MaxMin
+from ..layers.activations import create_activation
 from ..layers.base import LipschitzModule, lipschitz_bound_of
 from ..layers.heads import LLN
 from ..layers.lot import LOTConv2d, LOTLinear
 from ..layers.normalize import CIFAR10_MEAN, SOC_STD, InputNormalize
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._lipconvnet import NUM_STAGES, lipconvnet_stages
+from ._registry import Family, Variant, cpu_training, register_family
 
 __all__ = ["LOTBlock", "LOTResidualStage", "LOTLipConvNet"]
 
 PAPER = "Xu, Li & Li, LOT: Layer-wise Orthogonal Training on Improving l2 Certified Robustness, NeurIPS 2022"
-_NUM_STAGES = 5
-
-
-def _make_activation(name: str, channels: int) -> nn.Module:
-    """``'maxmin'`` (pairing channel i with i + C/2, as the LOT/SOC repos) or ``'hh1'`` (Householder order 1)."""
-    if name == "maxmin":
-        return MaxMin(pairing="halves")
-    if name == "hh1":
-        from ..layers import activations  # looked up lazily: HH1 lives with the other GNP activations
-
-        hh1 = getattr(activations, "HouseHolder", None) or getattr(activations, "HH1", None)
-        if hh1 is None:
-            raise NotImplementedError("activation 'hh1' needs lipzoo.layers.activations.HouseHolder")
-        return hh1(channels, pairing="halves")
-    raise ValueError(f"activation must be 'maxmin' or 'hh1', got {name!r}")
 
 
 class LOTBlock(LipschitzModule):
@@ -57,7 +44,7 @@ class LOTBlock(LipschitzModule):
                  input_size: int, **lot_kwargs):
         super().__init__()
         self.conv = LOTConv2d(in_channels, planes * stride, kernel_size, stride, input_size=input_size, **lot_kwargs)
-        self.act = _make_activation(activation, planes * stride)
+        self.act = create_activation(activation, planes * stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x))
@@ -136,9 +123,7 @@ class LOTLipConvNet(LipschitzClassifier):
         super().__init__()
         if kwargs:
             raise TypeError(f"unexpected arguments for LOTLipConvNet: {sorted(kwargs)}")
-        sizes = [block_size] * _NUM_STAGES if isinstance(block_size, int) else list(block_size)
-        if len(sizes) != _NUM_STAGES or min(sizes) < 1:
-            raise ValueError(f"block_size must be >= 1 or {_NUM_STAGES} values >= 1, got {block_size}")
+        sizes = [block_size] * NUM_STAGES if isinstance(block_size, int) else list(block_size)
         if input_size % 32:
             raise ValueError(f"LOTLipConvNet needs an input side divisible by 32, got {input_size}")
         self.num_classes, self.residual, self.activation = num_classes, residual, activation
@@ -146,17 +131,11 @@ class LOTLipConvNet(LipschitzClassifier):
         self.lln_head = lln
         self.normalize = InputNormalize(mean, std)
 
-        in_ch, side, stages = 3, input_size, []
-        for i, nb in enumerate(sizes):
-            planes = init_channels if i == 0 else in_ch
-            last_k = 1 if i == _NUM_STAGES - 1 else 3
-            specs = [(1, 3)] * (nb - 1) + [(2, last_k)]  # (stride, kernel) per block
-            blocks, c = [], in_ch
-            for stride, k in specs:
-                blocks.append(LOTBlock(c, planes, stride, k, activation, side, **self._lot_kwargs))
-                c, side = planes * stride, side // stride
-            stages.append(LOTResidualStage(blocks) if residual else nn.Sequential(*blocks))
-            in_ch = c
+        def block(c_in: int, c_out: int, k: int, stride: int, side: int) -> LOTBlock:
+            return LOTBlock(c_in, c_out // stride, stride, k, activation, side, **self._lot_kwargs)
+
+        blocks, in_ch, side = lipconvnet_stages(sizes, init_channels, input_size, block)
+        stages = [LOTResidualStage(b) if residual else nn.Sequential(*b) for b in blocks]
         self.features = nn.Sequential(*stages)
         self.num_features = in_ch * side * side
         self.head = self._make_head(num_classes)
@@ -167,8 +146,6 @@ class LOTLipConvNet(LipschitzClassifier):
         return LOTLinear(self.num_features, num_classes, **self._lot_kwargs)
 
 
-# name -> blocks per stage; LipConvNet-n has n / 5 blocks per stage
-_DEPTHS = {n: n // 5 for n in range(5, 45, 5)}
 # Compact CPU variant: LOT LipConvNet-5 at init_channels 8 (widths 16@16, 32@8, 64@4, 128@2, 256@1). On CPU the
 # Newton-Schulz work is batch independent and grows as c_out^3 per frequency (the stride-2 layers of stages 3-5
 # dominate), so the width is what costs; extra stride-1 blocks cost ~0.1 s (stages 2-3) to ~0.5 s (stage 1,
@@ -179,55 +156,36 @@ _PAPER_PARAMS_NOTE_25 = (
     "LipConvNet-25 (init_channels 32, CIFAR-10, LOT head), and 27.23M is its LipConvNet-35 count; the quoted "
     "number follows a different counting rule or depth. lipzoo reports sum(p.numel())."
 )
-
-_CFG_KW = dict(mean=CIFAR10_MEAN, std=SOC_STD)
-default_cfgs = default_cfgs_for(
-    [f"lot_lipconvnet{n}" for n in _DEPTHS] + [f"lot_lipresnet{n}" for n in _DEPTHS] + ["lot_xs"], **_CFG_KW
-)
+_DEPTHS = range(5, 45, 5)  # LipConvNet-n has n / 5 blocks per stage
 
 
-def _lot(variant: str, pretrained: bool, **kwargs) -> LOTLipConvNet:
-    if variant == "lot_xs":
-        args: dict = dict(_XS)
-    else:
-        depth = int(variant.rsplit("net", 1)[1])
-        args = dict(block_size=_DEPTHS[depth], init_channels=32, residual=variant.startswith("lot_lipresnet"))
-    args.update(kwargs)
-    return build(LOTLipConvNet, variant, pretrained, **args)
-
-
-def _info(name: str) -> ArchInfo:
-    if name == "lot_xs":
-        return ArchInfo(name, "lot", PAPER, "compact LOT for 2-core CPU training: LipConvNet-5 at init_channels 8 "
-                        "(0.52M parameters), MaxMin, LOT 1x1 head", compact=True)
-    depth = int(name.rsplit("net", 1)[1])
-    residual = name.startswith("lot_lipresnet")
+def _depth(n: int, residual: bool) -> Variant:
     kind = "LipResNet (x <- x/2 + block(x)/2 inside stages, the repo's --residual)" if residual else "LipConvNet"
-    desc = (f"LOT {kind}-{depth}: 5 stages of {depth // 5} LOT blocks, init_channels 32, MaxMin (or HH1), "
+    desc = (f"LOT {kind}-{n}: 5 stages of {n // 5} LOT blocks, init_channels 32, MaxMin (or HH1), "
             "LOT 1x1 head (or LLN with lln=True)")
-    if residual and depth <= 10:
-        desc += "; identical to lot_lipconvnet%d (no middle blocks at this depth)" % depth
-    if name == "lot_lipconvnet25":
-        return ArchInfo(name, "lot", PAPER, desc, paper_params=27.0, paper_params_note=_PAPER_PARAMS_NOTE_25)
+    if residual and n <= 10:
+        desc += "; identical to lot_lipconvnet%d (no middle blocks at this depth)" % n
     note = "no verified published parameter count for this variant (the LOT paper's tables were not checked)"
-    if residual and depth == 25:
-        note = "see lot_lipconvnet25: " + _PAPER_PARAMS_NOTE_25
-    return ArchInfo(name, "lot", PAPER, desc, paper_params_note=note)
+    if n == 25:
+        note = "see lot_lipconvnet25: " + _PAPER_PARAMS_NOTE_25 if residual else _PAPER_PARAMS_NOTE_25
+    return Variant(desc, dict(block_size=n // 5, init_channels=32, residual=residual),
+                   doc=f"LOT {'LipResNet' if residual else 'LipConvNet'}-{n} (init_channels 32).",
+                   paper_params=27.0 if (n == 25 and not residual) else None, paper_params_note=note)
 
 
-def _entry(name: str):
-    def fn(pretrained: bool = False, **kwargs) -> LOTLipConvNet:
-        return _lot(name, pretrained, **kwargs)
-
-    fn.__name__ = fn.__qualname__ = name
-    depth = name.rsplit("net", 1)[-1]
-    fn.__doc__ = (f"LOT {'LipResNet' if 'resnet' in name else 'LipConvNet'}-{depth} (init_channels 32)."
-                  if name != "lot_xs" else "Compact LOT: LipConvNet-5 at init_channels 8, for CPU training.")
-    fn.__module__ = __name__
-    return register(_info(name))(fn)
-
-
-for _n in _DEPTHS:
-    globals()[f"lot_lipconvnet{_n}"] = _entry(f"lot_lipconvnet{_n}")
-    globals()[f"lot_lipresnet{_n}"] = _entry(f"lot_lipresnet{_n}")
-lot_xs = _entry("lot_xs")
+# measured_training: scripts/bench.py models, results/bench_models.json (671.8 images/s)
+register_family(Family(
+    name="lot", paper=PAPER, model=LOTLipConvNet, module=__name__,
+    variants={
+        **{f"lot_lipconvnet{n}": _depth(n, residual=False) for n in _DEPTHS},
+        **{f"lot_lipresnet{n}": _depth(n, residual=True) for n in _DEPTHS},
+        "lot_xs": Variant("compact LOT for 2-core CPU training: LipConvNet-5 at init_channels 8 (0.52M parameters), "
+                          "MaxMin, LOT 1x1 head", _XS, compact=True,
+                          doc="Compact LOT: LipConvNet-5 at init_channels 8, for CPU training.",
+                          measured_training=cpu_training(671.8), targets={"cifar10": (0.62, 0.47)}),
+    },
+    checkpoint_formats={"lot": "lipzoo.convert._lot"},
+    reference_converter="lipzoo.convert._lot",
+    recipes=("lot_cpu", "lot_paper"),
+    bench_layers={"LOT 3x3 (64 -> 64)": partial(LOTConv2d, 64, 64, 3)},
+))

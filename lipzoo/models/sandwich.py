@@ -21,6 +21,7 @@ bound is ``gamma`` (the scale ``sqrt(gamma)`` sits on the first conv and on the 
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Sequence
 
 from torch import nn
@@ -29,7 +30,7 @@ from ..layers.heads import LLN
 from ..layers.normalize import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, InputNormalize
 from ..layers.sandwich import SandwichConv, SandwichFc, SandwichLin
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._registry import Family, Variant, cpu_training, register_family
 
 __all__ = ["SandwichNet", "sandwich_mlp", "kwl_config", "dnn_config", "LBDN_CIFAR100_STD"]
 
@@ -142,74 +143,45 @@ def dnn_config(input_size: int = 32, lln: bool = True, gamma: float = 1.0) -> di
                 input_size=input_size)
 
 
-_ARGS = {
-    "sandwich_s": kwl_config(1),
-    "sandwich_m": kwl_config(2),
-    "sandwich_l": kwl_config(4),
-    "sandwich_dnn": dnn_config(32),
-    # compact: the DNN at quarter width (3 conv stages, 3 SandwichFc, LLN head)
-    "sandwich_xs": dict(conv_channels=(16, 32, 64), fc_features=(512, 512, 256), head="lln", gamma=1.0),
-}
-
-default_cfgs = default_cfgs_for(["sandwich_s", "sandwich_m", "sandwich_l"], mean=CIFAR10_MEAN, std=CIFAR10_STD)
-default_cfgs.update(default_cfgs_for(["sandwich_dnn", "sandwich_xs"], mean=CIFAR10_MEAN, std=(1.0, 1.0, 1.0)))
-
-
-def _sandwich(variant: str, pretrained: bool, **kwargs) -> SandwichNet:
-    args = dict(_ARGS[variant])
-    args.update(kwargs)
-    return build(SandwichNet, variant, pretrained, **args)
-
-
 _KWL_NOTE = ("paper Table 2 (CIFAR-100). Computed: {c100:.2f}M (CIFAR-100) / {c10:.2f}M (CIFAR-10), within 2% "
              "of the rounded paper figure; the paper's count is the CIFAR-100 model")
 
 
-def _info(name: str, description: str, paper_params: float | None = None, note: str = "", **kw) -> ArchInfo:
-    return ArchInfo(name, "sandwich", PAPER, description, paper_params=paper_params, paper_params_note=note, **kw)
+def _kwl(size: str, width: int, millions: float, c100: float, c10: float) -> Variant:
+    """The authors' KWL at ``width`` (SandwichLin head, gamma 2, mean/std normalisation)."""
+    c, f = 32 * width, 512 * width
+    return Variant(
+        f"LBDN KWL {size} (width {width}): Sandwich convs {c}, {c}/s2, {2 * c}, {2 * c}/s2; SandwichFc {f}, {f}; "
+        "SandwichLin head; gamma 2; mean/std normalisation (empirical-robustness model)",
+        kwl_config(width), paper_params=millions, paper_params_note=_KWL_NOTE.format(c100=c100, c10=c10),
+        doc=f"Sandwich {size} = the authors' KWL at width {width} (SandwichLin head, gamma 2, mean/std normalisation).")
 
 
-@register(_info(
-    "sandwich_s", "LBDN KWL small (width 1): Sandwich convs 32, 32/s2, 64, 64/s2; SandwichFc 512, 512; SandwichLin "
-    "head; gamma 2; mean/std normalisation (empirical-robustness model)", 3.0,
-    _KWL_NOTE.format(c100=3.04, c10=2.98)))
-def sandwich_s(pretrained: bool = False, **kwargs) -> SandwichNet:
-    """Sandwich small = the authors' KWL at width 1 (SandwichLin head, gamma 2, mean/std normalisation)."""
-    return _sandwich("sandwich_s", pretrained, **kwargs)
-
-
-@register(_info(
-    "sandwich_m", "LBDN KWL medium (width 2): Sandwich convs 64, 64/s2, 128, 128/s2; SandwichFc 1024, 1024; "
-    "SandwichLin head; gamma 2; mean/std normalisation (empirical-robustness model)", 12.0,
-    _KWL_NOTE.format(c100=12.01, c10=11.91)))
-def sandwich_m(pretrained: bool = False, **kwargs) -> SandwichNet:
-    """Sandwich medium = the authors' KWL at width 2 (SandwichLin head, gamma 2, mean/std normalisation)."""
-    return _sandwich("sandwich_m", pretrained, **kwargs)
-
-
-@register(_info(
-    "sandwich_l", "LBDN KWL large (width 4): Sandwich convs 128, 128/s2, 256, 256/s2; SandwichFc 2048, 2048; "
-    "SandwichLin head; gamma 2; mean/std normalisation (empirical-robustness model)", 48.0,
-    _KWL_NOTE.format(c100=47.81, c10=47.61)))
-def sandwich_l(pretrained: bool = False, **kwargs) -> SandwichNet:
-    """Sandwich large = the authors' KWL at width 4 (SandwichLin head, gamma 2, mean/std normalisation)."""
-    return _sandwich("sandwich_l", pretrained, **kwargs)
-
-
-@register(_info(
-    "sandwich_dnn", "LBDN certified DNN: Sandwich convs 64, 64/s2, 128, 128/s2, 256, 256/s2; SandwichFc 2048, "
-    "2048, 1024; LLN head; gamma 1; mean-only normalisation (L = 1)", 26.0,
-    "paper text '41M vs 26M' (CIFAR-100). Computed: 25.81M (CIFAR-100), 25.72M (CIFAR-10). Paper Table 6 lists "
-    "the first SandwichFc as 1024 -> 2048, but the authors' code (and lipzoo) flattens 256*4*4 = 4096 features"))
-def sandwich_dnn(pretrained: bool = False, **kwargs) -> SandwichNet:
-    """The authors' certified Sandwich DNN (LLN head, gamma 1, mean-only normalisation)."""
-    return _sandwich("sandwich_dnn", pretrained, **kwargs)
-
-
-@register(_info(
-    "sandwich_xs", "compact Sandwich DNN (the certified DNN at quarter width) for 2-core CPU training: Sandwich "
-    "convs 16, 16/s2, 32, 32/s2, 64, 64/s2; SandwichFc 512, 512, 256; LLN head; gamma 1; mean-only "
-    "normalisation (L = 1); 1.61M parameters", compact=True))
-def sandwich_xs(pretrained: bool = False, **kwargs) -> SandwichNet:
-    """Compact Sandwich DNN (<= 3M parameters, LLN head, mean-only normalisation) for CPU training."""
-    return _sandwich("sandwich_xs", pretrained, **kwargs)
+# measured_training: scripts/bench.py models, results/bench_models.json (675.8 images/s)
+register_family(Family(
+    name="sandwich", paper=PAPER, model=SandwichNet, module=__name__,
+    variants={
+        "sandwich_s": _kwl("small", 1, 3.0, 3.04, 2.98),
+        "sandwich_m": _kwl("medium", 2, 12.0, 12.01, 11.91),
+        "sandwich_l": _kwl("large", 4, 48.0, 47.81, 47.61),
+        "sandwich_dnn": Variant(
+            "LBDN certified DNN: Sandwich convs 64, 64/s2, 128, 128/s2, 256, 256/s2; SandwichFc 2048, 2048, 1024; "
+            "LLN head; gamma 1; mean-only normalisation (L = 1)", dnn_config(32), paper_params=26.0,
+            paper_params_note="paper text '41M vs 26M' (CIFAR-100). Computed: 25.81M (CIFAR-100), 25.72M (CIFAR-10). "
+            "Paper Table 6 lists the first SandwichFc as 1024 -> 2048, but the authors' code (and lipzoo) flattens "
+            "256*4*4 = 4096 features",
+            doc="The authors' certified Sandwich DNN (LLN head, gamma 1, mean-only normalisation)."),
+        # compact: the DNN at quarter width (3 conv stages, 3 SandwichFc, LLN head)
+        "sandwich_xs": Variant(
+            "compact Sandwich DNN (the certified DNN at quarter width) for 2-core CPU training: Sandwich convs 16, "
+            "16/s2, 32, 32/s2, 64, 64/s2; SandwichFc 512, 512, 256; LLN head; gamma 1; mean-only normalisation "
+            "(L = 1); 1.61M parameters",
+            dict(conv_channels=(16, 32, 64), fc_features=(512, 512, 256), head="lln", gamma=1.0), compact=True,
+            doc="Compact Sandwich DNN (<= 3M parameters, LLN head, mean-only normalisation) for CPU training.",
+            measured_training=cpu_training(675.8), targets={"cifar10": (0.65, 0.50)}),
+    },
+    checkpoint_formats={"lbdn": "lipzoo.convert._sandwich"},
+    reference_converter="lipzoo.convert._sandwich",
+    recipes=("sandwich_cpu", "sandwich_paper", "sandwich_cpu_long"),
+    bench_layers={"SandwichConv 3x3 (64 -> 64)": partial(SandwichConv, 64, 64, 3)},
+))

@@ -7,6 +7,9 @@ The certifier uses the LLN pairwise rule with the body's bound (1 up to float er
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 from torch import nn
 
 from ..layers.heads import LLN
@@ -14,11 +17,24 @@ from ..layers.normalize import CIFAR100_MEAN, SLL_CIFAR10_MEAN, InputNormalize
 from ..layers.shapes import ChannelPad, SLLAvgPool
 from ..layers.sll import SLLConv2d, SLLLinear
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._registry import Family, Variant, cpu_training, register_family
 
-__all__ = ["SLLNet"]
+__all__ = ["SLLNet", "residual_body"]
 
 PAPER = "Araujo et al., A Unified Algebraic Perspective on Lipschitz Neural Networks, ICLR 2023"
+
+
+def residual_body(width: int, n_conv: int, n_dense: int, input_size: int, pool: int,
+                  make_conv: Callable[[], nn.Module], make_linear: Callable[[int], nn.Module]) -> tuple[nn.Sequential, int]:
+    """The SLL / CPL body: ``zero-pad channels 3 -> width -> n_conv x make_conv() (all at input_size) -> pool x pool
+    window sum / pool -> flatten -> n_dense x make_linear(features)``; returns it and its ``features`` count."""
+    side = input_size // pool
+    features = width * side * side
+    layers: list[nn.Module] = [ChannelPad(width)]
+    layers += [make_conv() for _ in range(n_conv)]
+    layers += [SLLAvgPool(pool), nn.Flatten()]
+    layers += [make_linear(features) for _ in range(n_dense)]
+    return nn.Sequential(*layers), features
 
 
 class SLLNet(LipschitzClassifier):
@@ -46,77 +62,44 @@ class SLLNet(LipschitzClassifier):
         self.num_classes = num_classes
         mean = mean or (CIFAR100_MEAN if num_classes == 100 else SLL_CIFAR10_MEAN)
         self.normalize = InputNormalize(mean, (1.0, 1.0, 1.0))
-        side = input_size // pool
-        self.num_features = width * side * side
-        layers: list[nn.Module] = [ChannelPad(width)]
-        layers += [SLLConv2d(width, conv_inner_dim, 3, q_mode=q_mode) for _ in range(n_conv)]
-        layers += [SLLAvgPool(pool), nn.Flatten()]
-        layers += [SLLLinear(self.num_features, dense_inner_dim, q_mode=q_mode) for _ in range(n_dense)]
-        self.features = nn.Sequential(*layers)
+        self.features, self.num_features = residual_body(
+            width, n_conv, n_dense, input_size, pool,
+            lambda: SLLConv2d(width, conv_inner_dim, 3, q_mode=q_mode),
+            lambda features: SLLLinear(features, dense_inner_dim, q_mode=q_mode))
         self.head = self._make_head(num_classes)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         return LLN(self.num_features, num_classes, bias=True, eps=1e-12)
 
 
-_SIZES = {
-    # name: (width, n_conv, n_dense, conv_inner, dense_inner, paper params in M)
-    "sll_s": (45, 20, 7, 5, 2048, 41),
-    "sll_m": (60, 30, 10, 5, 2048, 78),
-    "sll_l": (90, 50, 10, 5, 2048, 118),
-    "sll_xl": (120, 70, 15, 5, 2048, 236),
-}
+def _paper_size(size: str, width: int, n_conv: int, n_dense: int, millions: float) -> Variant:
+    """SLL S/M/L/XL: conv inner dimension 5, dense inner dimension 2048."""
+    return Variant(
+        f"SLL {size}: {n_conv} conv (width {width}, inner 5), {n_dense} dense (inner 2048), LLN head",
+        dict(width=width, n_conv=n_conv, n_dense=n_dense, conv_inner_dim=5, dense_inner_dim=2048),
+        doc=f"SLL {size}: {n_conv} SLL convs (width {width}, inner 5), {n_dense} SLL dense layers (inner 2048), LLN head.",
+        paper_params=millions, paper_params_note="LBDN Table 2 / 1LLC Table 4 (CIFAR-10 count)")
+
+
 # Compact CPU variant: same structure; wider conv inner dimension and a narrower dense part (<= 3M params).
 _XS = dict(width=32, n_conv=8, n_dense=4, conv_inner_dim=32, dense_inner_dim=256)
 
-default_cfgs = default_cfgs_for(list(_SIZES) + ["sll_xs"], mean=SLL_CIFAR10_MEAN, std=(1.0, 1.0, 1.0))
-
-
-def _sll(variant: str, pretrained: bool, **kwargs) -> SLLNet:
-    if variant == "sll_xs":
-        args = dict(_XS)
-    else:
-        w, nc, nd, ci, di, _ = _SIZES[variant]
-        args = dict(width=w, n_conv=nc, n_dense=nd, conv_inner_dim=ci, dense_inner_dim=di)
-    args.update(kwargs)
-    return build(SLLNet, variant, pretrained, **args)
-
-
-def _info(name: str, **kw) -> ArchInfo:
-    if name in _SIZES:
-        w, nc, nd, ci, di, pp = _SIZES[name]
-        desc = f"SLL {name[4:].upper()}: {nc} conv (width {w}, inner {ci}), {nd} dense (inner {di}), LLN head"
-        return ArchInfo(name, "sll", PAPER, desc, paper_params=pp,
-                        paper_params_note="LBDN Table 2 / 1LLC Table 4 (CIFAR-10 count)", **kw)
-    return ArchInfo(name, "sll", PAPER, "compact SLL for 2-core CPU training: "
-                    + ", ".join(f"{k}={v}" for k, v in _XS.items()), compact=True, **kw)
-
-
-@register(_info("sll_s"))
-def sll_s(pretrained: bool = False, **kwargs) -> SLLNet:
-    """SLL Small: 20 SLL convs (width 45, inner 5), 7 SLL dense layers (inner 2048), LLN head."""
-    return _sll("sll_s", pretrained, **kwargs)
-
-
-@register(_info("sll_m"))
-def sll_m(pretrained: bool = False, **kwargs) -> SLLNet:
-    """SLL Medium: 30 SLL convs (width 60, inner 5), 10 SLL dense layers (inner 2048), LLN head."""
-    return _sll("sll_m", pretrained, **kwargs)
-
-
-@register(_info("sll_l"))
-def sll_l(pretrained: bool = False, **kwargs) -> SLLNet:
-    """SLL Large: 50 SLL convs (width 90, inner 5), 10 SLL dense layers (inner 2048), LLN head."""
-    return _sll("sll_l", pretrained, **kwargs)
-
-
-@register(_info("sll_xl"))
-def sll_xl(pretrained: bool = False, **kwargs) -> SLLNet:
-    """SLL X-Large: 70 SLL convs (width 120, inner 5), 15 SLL dense layers (inner 2048), LLN head."""
-    return _sll("sll_xl", pretrained, **kwargs)
-
-
-@register(_info("sll_xs"))
-def sll_xs(pretrained: bool = False, **kwargs) -> SLLNet:
-    """Compact SLL for CPU training (<= 3M parameters): SLL convs at 32x32, SLL dense layers, LLN head."""
-    return _sll("sll_xs", pretrained, **kwargs)
+# measured_training: scripts/bench.py models, results/bench_models.json (270.6 images/s)
+register_family(Family(
+    name="sll", paper=PAPER, model=SLLNet, module=__name__,
+    variants={
+        "sll_s": _paper_size("S", 45, 20, 7, 41),
+        "sll_m": _paper_size("M", 60, 30, 10, 78),
+        "sll_l": _paper_size("L", 90, 50, 10, 118),
+        "sll_xl": _paper_size("XL", 120, 70, 15, 236),
+        "sll_xs": Variant(
+            "compact SLL for 2-core CPU training: " + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS,
+            doc="Compact SLL for CPU training (<= 3M parameters): SLL convs at 32x32, SLL dense layers, LLN head.",
+            compact=True, measured_training=cpu_training(270.6), targets={"cifar10": (0.65, 0.50)}),
+    },
+    checkpoint_formats={"sll": "lipzoo.convert._sll", "sll-legacy": "lipzoo.convert._sll"},
+    reference_converter="lipzoo.convert._sll",
+    recipes=("sll_cpu", "sll_paper"),
+    bench_layers={"SLLConv2d(64, inner 64)": partial(SLLConv2d, 64, 64),
+                  "SLLConv2d(64, inner 5)": partial(SLLConv2d, 64, 5)},
+))

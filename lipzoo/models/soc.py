@@ -19,36 +19,27 @@ repos' values), so :meth:`lipschitz_bound` includes the factor 1/0.2507.
 from __future__ import annotations
 
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Sequence
 
 from torch import nn
 
-from ..layers.activations import HouseHolder, HouseHolder2, LipPool, MaxMin, PairMaxPool
+from ..layers.activations import ACTIVATIONS, HouseHolder, HouseHolder2, LipPool, PairMaxPool, create_activation
 from ..layers.heads import LLN, MLPHead
 from ..layers.normalize import CIFAR10_MEAN, SOC_STD, InputNormalize
 from ..layers.soc import SOCConv2d, SOCHead
 from ._base import LipschitzClassifier
-from ._builder import ArchInfo, build, default_cfgs_for, register
+from ._lipconvnet import NUM_STAGES, lipconvnet_stages
+from ._registry import Family, Variant, cpu_training, register_family
 
 __all__ = ["SOCLipConvNet"]
 
 PAPER = "Singla & Feizi, Skew Orthogonal Convolutions, ICML 2021"
 PAPER_IMPROVED = "Singla, Singla & Feizi, Improved techniques for deterministic l2 robustness, NeurIPS 2022"
 
-ACTIVATIONS = ("maxmin", "hh1", "hh2")
 POOLINGS = ("max", "lip1")
 HEADS = ("soc", "lln", "mlp")  # head layers: SOCHead, LLN, MLPHead (each names its head rule)
 VERSIONS = ("icml21", "improved")
-
-
-def _activation(name: str, channels: int) -> nn.Module:
-    if name == "maxmin":
-        return MaxMin("halves")
-    if name == "hh1":
-        return HouseHolder(channels)
-    if name == "hh2":
-        return HouseHolder2(channels)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
 def _pooling(name: str, channels: int) -> nn.Module:
@@ -122,21 +113,14 @@ class SOCLipConvNet(LipschitzClassifier):
         return SOCConv2d(c_in, c_out, kernel_size, stride, **self._soc_args)
 
     def _icml21(self, b: int, c: int) -> tuple[list[nn.Module], int]:
-        stages, c_in, planes = [], 3, c
-        for s in range(5):
-            blocks = []
-            for j in range(b):
-                last = j == b - 1
-                stride, k = (2, 1 if s == 4 else 3) if last else (1, 3)
-                c_out = planes * stride
-                blocks.append(_block(self._conv(c_in, c_out, k, stride), _activation(self.activation, c_out)))
-                c_in = c_out
-            stages.append(nn.Sequential(*blocks))
-            planes = c_in
-        return stages, c_in
+        def block(c_in: int, c_out: int, k: int, stride: int, side: int) -> nn.Sequential:
+            return _block(self._conv(c_in, c_out, k, stride), create_activation(self.activation, c_out))
+
+        stages, channels, _ = lipconvnet_stages([b] * NUM_STAGES, c, 32, block)
+        return [nn.Sequential(*blocks) for blocks in stages], channels
 
     def _improved(self, b: int, c: int) -> tuple[list[nn.Module], int]:
-        stages = [nn.Sequential(_block(self._conv(3, c, 3, 1), _activation(self.activation, c)))]
+        stages = [nn.Sequential(_block(self._conv(3, c, 3, 1), create_activation(self.activation, c)))]
         c_in = c
         for s in range(5):
             blocks = []
@@ -146,7 +130,7 @@ class SOCLipConvNet(LipschitzClassifier):
                 else:  # 1x1, the first one strided; pooling after the last unless the MLP head follows
                     stride, k, pool = (2 if j == 0 else 1), 1, (j == b - 1 and self.head_type != "mlp")
                 c_out = c_in * stride * stride
-                act = _pooling(self.pooling, c_out) if pool else _activation(self.activation, c_out)
+                act = _pooling(self.pooling, c_out) if pool else create_activation(self.activation, c_out)
                 blocks.append(_block(self._conv(c_in, c_out, k, stride), act))
                 c_in = c_out // 2 if pool else c_out
             stages.append(nn.Sequential(*blocks))
@@ -173,9 +157,8 @@ class SOCLipConvNet(LipschitzClassifier):
         }
 
 
-# --- registry -------------------------------------------------------------------------------------------------
+# --- the family declaration ----------------------------------------------------------------------------------
 
-_DEPTHS = (5, 10, 15, 20, 25, 30, 35, 40)
 # Compact CPU variant: the ICML'21 LipConvNet-5 at c = 8 (widths 16 @16 ... 256 @1) with an LLN head. On the
 # 2-core CPU it is the cheapest SOC structure per image (the improved one adds a 32x32 layer).
 _XS = dict(block_size=1, init_channels=8, version="icml21", activation="maxmin", head="lln")
@@ -185,86 +168,40 @@ _PARAMS_NOTE = (
     "u/v vectors are buffers). At init_channels 32 the authors' CIFAR-10 LipConvNet-{n} has {m:.2f}M such "
     "parameters. {paper}"
 )
+# depth n -> the code's parameter count at init_channels 32 (millions), and the few counts a paper quotes
 _CODE_COUNTS = {5: 17.67, 10: 20.92, 15: 24.07, 20: 27.21, 25: 30.35, 30: 33.50, 35: 36.64, 40: 39.78}
 _PAPER_COUNTS = {25: 24.0}
-
-default_cfgs = default_cfgs_for([f"soc_lipconvnet{n}" for n in _DEPTHS] + ["soc_xs"], mean=CIFAR10_MEAN, std=SOC_STD)
-
-
-def _soc(variant: str, pretrained: bool, **kwargs) -> SOCLipConvNet:
-    args = dict(_XS) if variant == "soc_xs" else dict(block_size=int(variant[len("soc_lipconvnet"):]) // 5)
-    args.update(kwargs)
-    return build(SOCLipConvNet, variant, pretrained, **args)
+_ORDINALS = ("one", "two", "three", "four", "five", "six", "seven", "eight")
 
 
-def _info(name: str) -> ArchInfo:
-    if name == "soc_xs":
-        return ArchInfo(name, "soc", PAPER, "compact SOC LipConvNet for 2-core CPU training: "
-                        + ", ".join(f"{k}={v}" for k, v in _XS.items()), compact=True)
-    n = int(name[len("soc_lipconvnet"):])
+def _lipconvnet(n: int) -> Variant:
     paper = (
         f"1LLC (Prach et al. 2023, Table 4) quotes {_PAPER_COUNTS[n]:.0f}M for 'SOC LipNet-{n}', which does not "
         "match the code: another counting rule or width (the ICML'21 code defaulted to init_channels 16)."
         if n in _PAPER_COUNTS else "No parameter count was published for this depth (UNVERIFIED)."
     )
-    return ArchInfo(
-        name, "soc", PAPER,
+    return Variant(
         f"LipConvNet-{n}: {n} SOC layers (init_channels 32, 5 stages of {n // 5}), MaxMin, SOC 1x1 head; "
         "options: activation hh1/hh2, head lln/mlp, version 'improved' with pooling max/lip1",
+        dict(block_size=n // 5),
+        doc=f"LipConvNet-{n} (SOC): {_ORDINALS[n // 5 - 1]} SOC layer{'s' if n > 5 else ''} per stage.",
         paper_params=_PAPER_COUNTS.get(n),
         paper_params_note=_PARAMS_NOTE.format(n=n, m=_CODE_COUNTS[n], paper=paper),
     )
 
 
-@register(_info("soc_lipconvnet5"))
-def soc_lipconvnet5(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-5 (SOC): one SOC layer per stage."""
-    return _soc("soc_lipconvnet5", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet10"))
-def soc_lipconvnet10(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-10 (SOC): two SOC layers per stage."""
-    return _soc("soc_lipconvnet10", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet15"))
-def soc_lipconvnet15(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-15 (SOC): three SOC layers per stage."""
-    return _soc("soc_lipconvnet15", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet20"))
-def soc_lipconvnet20(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-20 (SOC): four SOC layers per stage."""
-    return _soc("soc_lipconvnet20", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet25"))
-def soc_lipconvnet25(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-25 (SOC): five SOC layers per stage."""
-    return _soc("soc_lipconvnet25", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet30"))
-def soc_lipconvnet30(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-30 (SOC): six SOC layers per stage."""
-    return _soc("soc_lipconvnet30", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet35"))
-def soc_lipconvnet35(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-35 (SOC): seven SOC layers per stage."""
-    return _soc("soc_lipconvnet35", pretrained, **kwargs)
-
-
-@register(_info("soc_lipconvnet40"))
-def soc_lipconvnet40(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """LipConvNet-40 (SOC): eight SOC layers per stage."""
-    return _soc("soc_lipconvnet40", pretrained, **kwargs)
-
-
-@register(_info("soc_xs"))
-def soc_xs(pretrained: bool = False, **kwargs) -> SOCLipConvNet:
-    """Compact SOC LipConvNet for CPU training (~1M parameters): LipConvNet-5 at init_channels 8, LLN head."""
-    return _soc("soc_xs", pretrained, **kwargs)
+# measured_training: scripts/bench.py models, results/bench_models.json (694.4 images/s)
+register_family(Family(
+    name="soc", paper=PAPER, model=SOCLipConvNet, module=__name__,
+    variants={
+        **{f"soc_lipconvnet{n}": _lipconvnet(n) for n in _CODE_COUNTS},
+        "soc_xs": Variant(
+            "compact SOC LipConvNet for 2-core CPU training: " + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS,
+            doc="Compact SOC LipConvNet for CPU training (~1M parameters): LipConvNet-5 at init_channels 8, LLN head.",
+            compact=True, measured_training=cpu_training(694.4), targets={"cifar10": (0.62, 0.47)}),
+    },
+    checkpoint_formats={"soc": "lipzoo.convert._soc", "soc-improved": "lipzoo.convert._soc"},
+    reference_converter="lipzoo.convert._soc", reference_aliases=("improved",),
+    recipes=("soc_cpu", "soc_paper", "soc_improved_paper"),
+    bench_layers={"SOC 3x3 (64 -> 64)": partial(SOCConv2d, 64, 64, 3)},
+))

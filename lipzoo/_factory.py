@@ -1,4 +1,5 @@
-"""Public registry API: ``create_model``, ``list_models``, ``list_pretrained``, ``model_info``."""
+"""The factory (timm's ``_factory``): ``create_model`` and ``model_info``; the names come from the registry
+(:mod:`lipzoo.models._registry`). ``create_model`` builds the model, then the hub loads published weights."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,12 +9,11 @@ import timm
 import torch
 from torch import nn
 
-from .models._builder import (
-    ARCHS, NoPretrainedWeightsError, UnknownModelError, _split, count_parameters, list_models, list_pretrained,
-    pretrained_name, published_weights, resolve_name,
+from .models._builder import count_parameters
+from .models._registry import (
+    ARCHS, NoPretrainedWeightsError, UnknownModelError, _split, list_models, list_pretrained, pretrained_name,
+    resolve_name,
 )
-
-_pretrained_tag = pretrained_name  # the name earlier code and tests import
 
 __all__ = ["create_model", "list_models", "list_pretrained", "model_info", "resolve_name", "UnknownModelError",
            "NoPretrainedWeightsError"]
@@ -34,8 +34,8 @@ def create_model(
         pretrained: download (``huggingface_hub``), sha256-check and, on first download, verify the weights.
             Extra keywords: ``verify`` (``'full'|'quick'|False``), ``revision``, ``cache_dir``.
         checkpoint_path: a local checkpoint to load after construction: a lipzoo ``.safetensors`` file, or with
-            ``checkpoint_format`` one of the authors' formats (``'sll'``, ``'sll-legacy'``, ``'lbdn'``, ``'soc'``,
-            ``'soc-improved'``, ``'lot'``), loaded with ``torch.load(weights_only=True)`` only.
+            ``checkpoint_format`` one of the authors' formats the families declare (``'sll'``, ``'lbdn'``, ``'soc'``,
+            ...: ``lipzoo.convert.CHECKPOINT_FORMATS``), loaded with ``torch.load(weights_only=True)`` only.
         **kwargs: model arguments (``num_classes`` ...), forwarded to ``timm.create_model``.
     """
     if name.startswith(("hf-hub:", "local-dir:")):
@@ -49,14 +49,6 @@ def create_model(
 
         load_checkpoint(model, checkpoint_path, checkpoint_format)
     return model
-
-
-def _measured() -> dict[str, Any]:
-    """Epoch times measured by ``scripts/bench.py models`` (``lipzoo/measured.json``)."""
-    import json
-
-    path = Path(__file__).resolve().parent / "measured.json"
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def model_info(name: str, num_classes: int = 10) -> dict[str, Any]:
@@ -87,6 +79,6 @@ def model_info(name: str, num_classes: int = 10) -> dict[str, Any]:
         if getattr(model, "normalize", None) is not None and model.normalize.std.device.type != "meta" else None,
         "compact": info.compact,
         "pretrained_tags": [k for k in list_pretrained(arch)],
-        "measured_training": _measured().get(arch),
+        "measured_training": dict(info.measured_training) if info.measured_training else None,
         **info.extra,
     }
