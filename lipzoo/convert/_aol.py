@@ -26,6 +26,7 @@ from ..layers.activations import MaxMin
 from ..layers.aol import AOLConv2d
 from ..layers.shapes import ChannelPad, FirstChannels, PixelUnshuffle
 from . import ConversionError
+from ._common import load_exact, spec_parts
 
 __all__ = ["from_reference", "convert_state_dict", "lipconvnet_1llc"]
 
@@ -76,9 +77,7 @@ def convert_state_dict(state: dict[str, torch.Tensor], fmt: str = "aol-1llc", mo
 
 
 def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    cls, c = spec["class"], spec.get("constructor", {})
-    args, kwargs = list(c.get("args", [])), dict(c.get("kwargs", {}))
-    dtype = torch.float64 if spec.get("dtype") == "float64" else next(iter(state.values())).dtype
+    cls, args, kwargs, dtype = spec_parts(spec, state)
     if cls in _CONV_CLASSES:
         if kwargs.get("padding", "same") != "same" or kwargs.get("padding_mode", "circular") != "circular":
             raise ConversionError("only the 1LLC default padding='same', padding_mode='circular' is supported")

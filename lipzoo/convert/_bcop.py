@@ -25,6 +25,7 @@ from torch import nn
 
 from ..layers.bcop import BCOPConv2d, BjorckLinear
 from . import ConversionError
+from ._common import load_exact, spec_parts
 from ._cayley import kwlarge_keys
 
 __all__ = ["from_reference", "convert_state_dict", "convert_bcop_layer_state"]
@@ -55,16 +56,9 @@ def convert_bcop_layer_state(state: dict[str, torch.Tensor], layer: BCOPConv2d, 
     return out
 
 
-def _load(module: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
-    module = module.to(dtype)
-    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    return module
-
-
 def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    cls, c = spec["class"], spec.get("constructor", {})
-    args, kwargs = list(c.get("args", [])), dict(c.get("kwargs", {}))
-    dtype = torch.float64 if spec.get("dtype") == "float64" else next(iter(state.values())).dtype
+    cls, args, kwargs, dtype = spec_parts(spec, state)
+    c = spec.get("constructor", {})
     if not kwargs.pop("power_iteration_scaling", True):
         raise ConversionError("BCOP/BjorckLinear with power_iteration_scaling=False (sqrt(rows*cols) scaling) is not supported")
     iters = kwargs.pop("bjorck_iters", 20)
@@ -72,9 +66,9 @@ def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.M
         cin, cout, k = args[:3]
         layer = BCOPConv2d(cin, cout, k, kwargs.pop("stride", 1), bias=kwargs.pop("bias", True), bjorck_iters=iters,
                            input_size=c.get("input_size"))
-        return _load(layer, convert_bcop_layer_state(state, layer), dtype)
+        return load_exact(layer, convert_bcop_layer_state(state, layer), dtype)
     if cls == "BjorckLinear":
-        return _load(BjorckLinear(args[0], args[1], bias=kwargs.pop("bias", True), bjorck_iters=iters), state, dtype)
+        return load_exact(BjorckLinear(args[0], args[1], bias=kwargs.pop("bias", True), bjorck_iters=iters), state, dtype)
     if cls == "Sequential(Normalize, KWLarge)":
         from ..models.bcop import BCOPKWLarge
 

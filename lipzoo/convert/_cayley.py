@@ -19,27 +19,21 @@ from torch import nn
 
 from ..layers.cayley import CayleyConv2d, CayleyLinear
 from . import ConversionError
+from ._common import load_exact, spec_parts
 
 __all__ = ["from_reference", "convert_state_dict", "kwlarge_keys"]
 
 
-def _load(module: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
-    module = module.to(dtype)
-    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    return module
-
-
 def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    cls, c = spec["class"], spec.get("constructor", {})
-    args, kwargs = list(c.get("args", [])), dict(c.get("kwargs", {}))
-    dtype = torch.float64 if spec.get("dtype") == "float64" else next(iter(state.values())).dtype
+    cls, args, kwargs, dtype = spec_parts(spec, state)
+    c = spec.get("constructor", {})
     if cls == "CayleyConv":
         cin, cout, k = args[:3]
         layer = CayleyConv2d(cin, cout, k, kwargs.get("stride", 1), bias=kwargs.get("bias", True),
                              input_size=c.get("input_size"))
-        return _load(layer, state, dtype)
+        return load_exact(layer, state, dtype)
     if cls == "CayleyLinear":
-        return _load(CayleyLinear(args[0], args[1], bias=kwargs.get("bias", True)), state, dtype)
+        return load_exact(CayleyLinear(args[0], args[1], bias=kwargs.get("bias", True)), state, dtype)
     if cls == "Sequential(Normalize, KWLarge)":
         from ..models.cayley import CayleyKWLarge
 

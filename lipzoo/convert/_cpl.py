@@ -36,6 +36,7 @@ from ..layers.heads import LLN
 from ..layers.normalize import InputNormalize
 from ..layers.shapes import FirstChannels
 from . import ConversionError
+from ._common import load_exact, spec_parts
 
 __all__ = ["from_reference", "convert_state_dict", "AuthorsStepCPLConv2d", "AuthorsStepCPLLinear"]
 
@@ -159,27 +160,14 @@ class AuthorsStepCPLLinear(_AuthorsStep, CPLLinear):
         return x - self._authors_h(update=True) * res
 
 
-def _ctor(spec: dict[str, Any]) -> tuple[list, dict]:
-    c = spec.get("constructor", {})
-    return list(c.get("args", [])), dict(c.get("kwargs", {}))
-
-
-def _load(module: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> nn.Module:
-    module = module.to(dtype)
-    module.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True)
-    return module
-
-
 def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
-    cls = spec["class"]
-    args, kwargs = _ctor(spec)
-    dtype = torch.float64 if spec.get("dtype") == "float64" else next(iter(state.values())).dtype
+    cls, args, kwargs, dtype = spec_parts(spec, state)
     if cls == "ConvexPotentialLayerConv":
-        return _load(AuthorsStepCPLConv2d(*args, **kwargs), state, dtype)
+        return load_exact(AuthorsStepCPLConv2d(*args, **kwargs), state, dtype)
     if cls == "ConvexPotentialLayerLinear":
-        return _load(AuthorsStepCPLLinear(*args, **kwargs), state, dtype)
+        return load_exact(AuthorsStepCPLLinear(*args, **kwargs), state, dtype)
     if cls == "LinearNormalized":
-        return _load(LLN(args[0], args[1], bias=kwargs.get("bias", True), eps=1e-12), state, dtype)
+        return load_exact(LLN(args[0], args[1], bias=kwargs.get("bias", True), eps=1e-12), state, dtype)
     if cls == "NormalizedModel(ConvexPotentialLayerNetwork)":
         return _network_from_reference(spec, state, dtype)
     raise ConversionError(f"no lipzoo equivalent for CPL class {cls!r}")
