@@ -247,24 +247,14 @@ def publish(
     The card's training time comes from the run's ``log.jsonl`` when there is one. No local path is written
     into the card or ``config.json``: the checkpoint is named relative to the project, or by its run folder.
     """
-    import torch
-
     import timm
 
-    from .._version import __version__
-    from ..certification import certify, plot_certified_accuracy
-    from ..data import CIFAR, NUM_CLASSES
+    from ..certification import plot_certified_accuracy
+    from ..data import NUM_CLASSES
     from ..models._builder import resolve_name
-    from .card import DATASET_NAMES, default_repo_url, portable_path, training_summary
+    from .card import DATASET_NAMES, portable_path
 
-    arch = resolve_name(arch)
-    if "." in arch:
-        raise PublishError(f"pass the architecture without a tag (got {arch!r}); the tag goes in --tag")
-    if not _TAG.match(tag or ""):
-        raise PublishError(f"invalid tag {tag!r}: use letters, digits, '_' and '-', e.g. 'cifar10' or 'cifar10_sllcpu'")
-    dataset = tag.split("_")[0].lower()
-    if dataset not in NUM_CLASSES:
-        raise PublishError(f"the tag must start with the dataset it was trained on ({', '.join(NUM_CLASSES)}), got {tag!r}")
+    arch, dataset = _arch_and_dataset(arch, tag)
     model_id = f"{arch}.{tag}"
     repo_id = repo_id or f"lipzoo/{model_id}"
     check_repo_id(repo_id)
@@ -284,35 +274,17 @@ def publish(
         raise PublishError(f"the training results are for {record['arch']!r}, not {arch!r}")
 
     # 2. claims: measured, never copied
-    data = CIFAR(dataset, "test", root=data_root)
-    images, labels = data.tensors()
-    subset = "full"
-    if quick and quick_n:
-        images, labels, subset = images[:quick_n], labels[:quick_n], f"first_{min(quick_n, len(labels))}"
-    elif quick:
-        from ..verification import quick_subset_indices
-
-        idx = torch.from_numpy(quick_subset_indices(labels))
-        images, labels, subset = images[idx], labels[idx], "quick"
-    result = certify(model, images, labels, batch_size=batch_size)
-    claims = result.to_claims(dataset, "test", subset)
+    result, claims = _measure(model, dataset, data_root, quick, quick_n, batch_size)
     trained = (record or {}).get("claims") or {}
     if trained.get("subset") == claims["subset"] == "full" and _accuracies(trained) != _accuracies(claims):
         messages.append("note: the training run's results.json reports other accuracies than this measurement; "
                         "the card uses the measurement")
 
     # 3. the repo folder, built beside the old one
-    code_revision, dirty = _checkout.code_revision()
-    recipe = (record or {}).get("recipe") or None
     command = f"lipzoo publish {portable_path(checkpoint)} --arch {arch} --tag {tag}"
     command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
     command += (" --quick" + (f" --quick-n {quick_n}" if quick_n else "")) if quick else ""
-    training_time, hardware = training_summary(_run_log(run_dir), record, hardware)
-    provenance = Provenance(
-        code_revision=code_revision, code_dirty=dirty, lipzoo_version=__version__, publish_command=command,
-        repo_url=repo_url or default_repo_url(), training_time=training_time, hardware=hardware,
-        training={"recipe": recipe, "git_revision": (record or {}).get("git_revision"),
-                  "torch": (record or {}).get("torch")} if record else None)
+    provenance = _provenance(command, run_dir, record, repo_url, hardware)
 
     def fill(staging: Path) -> str:
         from safetensors.torch import save_file
@@ -333,6 +305,58 @@ def publish(
     entry = {"hf_hub_id": repo_id, "revision": revision, "sha256": sha, "num_classes": NUM_CLASSES[dataset],
              "dataset": dataset, "claims": claims}
     return _upload_and_record(out, entry, hub_root, registry, upload=upload, endpoint=endpoint, token=token)
+
+
+def _arch_and_dataset(arch: str, tag: str) -> tuple[str, str]:
+    """The registered architecture and the dataset a ``tag`` names; :class:`PublishError` for a bad pair."""
+    from ..data import NUM_CLASSES
+    from ..models._builder import resolve_name
+
+    arch = resolve_name(arch)
+    if "." in arch:
+        raise PublishError(f"pass the architecture without a tag (got {arch!r}); the tag goes in --tag")
+    if not _TAG.match(tag or ""):
+        raise PublishError(f"invalid tag {tag!r}: use letters, digits, '_' and '-', e.g. 'cifar10' or 'cifar10_sllcpu'")
+    dataset = tag.split("_")[0].lower()
+    if dataset not in NUM_CLASSES:
+        raise PublishError(f"the tag must start with the dataset it was trained on ({', '.join(NUM_CLASSES)}), got {tag!r}")
+    return arch, dataset
+
+
+def _measure(model, dataset: str, data_root: str | None, quick: bool, quick_n: int | None, batch_size: int):
+    """``(certification result, claims)`` of ``model`` on the test set: full, or (tests only) ``lipzoo.verify``'s
+    quick subset or the first ``quick_n`` images."""
+    import torch
+
+    from ..certification import certify
+    from ..data import CIFAR
+
+    images, labels = CIFAR(dataset, "test", root=data_root).tensors()
+    subset = "full"
+    if quick and quick_n:
+        images, labels, subset = images[:quick_n], labels[:quick_n], f"first_{min(quick_n, len(labels))}"
+    elif quick:
+        from ..verification import quick_subset_indices
+
+        idx = torch.from_numpy(quick_subset_indices(labels))
+        images, labels, subset = images[idx], labels[idx], "quick"
+    result = certify(model, images, labels, batch_size=batch_size)
+    return result, result.to_claims(dataset, "test", subset)
+
+
+def _provenance(command: str, run_dir: Path | None, record: Mapping[str, Any] | None, repo_url: str | None,
+                hardware: str | None) -> "Provenance":
+    """The provenance of a new publish: this code's revision, ``command``, and the training run's record."""
+    from .._version import __version__
+    from .card import default_repo_url, training_summary
+
+    code_revision, dirty = _checkout.code_revision()
+    training_time, hardware = training_summary(_run_log(run_dir), record, hardware)
+    return Provenance(
+        code_revision=code_revision, code_dirty=dirty, lipzoo_version=__version__, publish_command=command,
+        repo_url=repo_url or default_repo_url(), training_time=training_time, hardware=hardware,
+        training={"recipe": record.get("recipe") or None, "git_revision": record.get("git_revision"),
+                  "torch": record.get("torch")} if record else None)
 
 
 @dataclass

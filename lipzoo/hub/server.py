@@ -277,32 +277,51 @@ def _mount_guard(app, port: int, token: str | None) -> None:
         return await call_next(request)
 
 
-def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool = False) -> None:
-    from fastapi import APIRouter, Request
+def _error(status: int, message: str, code: str | None = None):
+    """An HF-style error answer: the message in the body and in ``X-Error-Message``, HF's ``X-Error-Code``."""
+    from fastapi.responses import JSONResponse
+
+    headers = {"X-Error-Message": message}
+    if code:
+        headers["X-Error-Code"] = code
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _model_repo(mirrors: Path, repo_type: str, org: str, name: str) -> tuple[str | None, Any]:
+    """``(repo_id, None)`` of a served model repo, else ``(None, error answer)``."""
+    if repo_type != "models":
+        return None, _error(400, "the local lipzoo hub serves model repos only")
+    try:
+        org, name = check_repo_id(f"{org}/{name}")
+    except ValueError as e:
+        return None, _error(400, str(e))
+    rid = f"{org}/{name}"
+    if not (mirrors / "models" / rid / ".git").is_dir():
+        return None, _error(404, f"Repository {rid} not found", "RepoNotFound")
+    return rid, None
+
+
+def _yaml_front_matter_errors(content: str) -> list[dict[str, str]]:
+    """``/api/validate-yaml``: the errors of a card's YAML front matter (none when it has none)."""
+    import yaml
+
+    if not content.startswith("---"):
+        return []
+    front = content.split("---", 2)[1] if content.count("---") >= 2 else ""
+    try:
+        data = yaml.safe_load(front)
+        if data is not None and not isinstance(data, dict):
+            raise ValueError("the front matter must be a mapping")
+    except Exception as e:  # yaml.YAMLError, ValueError
+        return [{"message": f"invalid YAML front matter: {e}"}]
+    return []
+
+
+def _repo_routes(router, root: Path, mirrors: Path, base: str, lock: threading.Lock, writes: bool) -> None:
+    """The status route, ``POST /api/repos/create`` and ``POST /api/validate-yaml``."""
+    from fastapi import Request
     from fastapi.responses import JSONResponse
     from starlette.concurrency import run_in_threadpool
-
-    router = APIRouter()
-    lock = threading.Lock()
-    base = f"http://127.0.0.1:{port}"
-
-    def error(status: int, message: str, code: str | None = None) -> JSONResponse:
-        headers = {"X-Error-Message": message}
-        if code:
-            headers["X-Error-Code"] = code
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    def model_repo(repo_type: str, org: str, name: str) -> tuple[str | None, JSONResponse | None]:
-        if repo_type != "models":
-            return None, error(400, "the local lipzoo hub serves model repos only")
-        try:
-            org, name = check_repo_id(f"{org}/{name}")
-        except ValueError as e:
-            return None, error(400, str(e))
-        rid = f"{org}/{name}"
-        if not (mirrors / "models" / rid / ".git").is_dir():
-            return None, error(404, f"Repository {rid} not found", "RepoNotFound")
-        return rid, None
 
     @router.get(STATUS_ROUTE)
     def status() -> dict[str, Any]:
@@ -318,12 +337,12 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool 
     async def create_repo(request: Request):
         body = await request.json()
         if body.get("type", "model") != "model":
-            return error(400, "the local lipzoo hub serves model repos only")
+            return _error(400, "the local lipzoo hub serves model repos only")
         rid = f"{body.get('organization')}/{body.get('name')}" if body.get("organization") else str(body.get("name"))
         try:
             check_repo_id(rid)
         except ValueError as e:
-            return error(400, str(e))
+            return _error(400, str(e))
         git_dir = mirrors / "models" / rid
 
         def create() -> bool:
@@ -340,23 +359,20 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool 
 
     @router.post("/api/validate-yaml")
     async def validate_yaml(request: Request):
-        import yaml
-
-        body = await request.json()
-        content = body.get("content", "")
-        if content.startswith("---"):
-            front = content.split("---", 2)[1] if content.count("---") >= 2 else ""
-            try:
-                data = yaml.safe_load(front)
-                if data is not None and not isinstance(data, dict):
-                    raise ValueError("the front matter must be a mapping")
-            except Exception as e:  # yaml.YAMLError, ValueError
-                return JSONResponse({"errors": [{"message": f"invalid YAML front matter: {e}"}], "warnings": []}, 400)
+        errors = _yaml_front_matter_errors((await request.json()).get("content", ""))
+        if errors:
+            return JSONResponse({"errors": errors, "warnings": []}, 400)
         return {"errors": [], "warnings": []}
+
+
+def _commit_routes(router, root: Path, mirrors: Path, base: str, lock: threading.Lock) -> None:
+    """``preupload`` (every file inline) and ``commit`` (NDJSON operations -> a new snapshot of ``main``)."""
+    from fastapi import Request
+    from starlette.concurrency import run_in_threadpool
 
     @router.post("/api/{repo_type}/{org}/{name}/preupload/{revision}")
     async def preupload(repo_type: str, org: str, name: str, revision: str, request: Request):
-        rid, err = model_repo(repo_type, org, name)
+        rid, err = _model_repo(mirrors, repo_type, org, name)
         if err:
             return err
         body = await request.json()
@@ -366,17 +382,17 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool 
 
     @router.post("/api/{repo_type}/{org}/{name}/commit/{revision}")
     async def commit(repo_type: str, org: str, name: str, revision: str, request: Request):
-        rid, err = model_repo(repo_type, org, name)
+        rid, err = _model_repo(mirrors, repo_type, org, name)
         if err:
             return err
         if revision != "main":
-            return error(400, f"the local lipzoo hub only writes branch 'main', not {revision!r}", "RevisionNotFound")
+            return _error(400, f"the local lipzoo hub only writes branch 'main', not {revision!r}", "RevisionNotFound")
         if request.query_params.get("create_pr") in ("1", "true", "True"):
-            return error(400, "the local lipzoo hub does not support pull requests")
+            return _error(400, "the local lipzoo hub does not support pull requests")
         try:
             lines = [json.loads(x) for x in (await request.body()).decode().splitlines() if x.strip()]
         except ValueError as e:
-            return error(400, f"the commit body is not NDJSON: {e}")
+            return _error(400, f"the commit body is not NDJSON: {e}")
 
         def do() -> str:
             with lock:
@@ -385,8 +401,20 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool 
         try:
             sha = await run_in_threadpool(do)
         except (ValueError, KeyError, OSError) as e:
-            return error(400, f"bad commit: {e}")
+            return _error(400, f"bad commit: {e}")
         return {"commitUrl": f"{base}/{rid}/commit/{sha}", "commitOid": sha, "pullRequestUrl": None}
+
+
+def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool = False) -> None:
+    """Mount the routes olah lacks before olah's own, and HF's 404 answers for unknown revisions and files."""
+    from fastapi import APIRouter, Request
+    from starlette.concurrency import run_in_threadpool
+
+    router = APIRouter()
+    lock = threading.Lock()  # one writer at a time: create and commit rewrite git repos and the root folder
+    base = f"http://127.0.0.1:{port}"
+    _repo_routes(router, root, mirrors, base, lock, writes)
+    _commit_routes(router, root, mirrors, base, lock)
 
     @router.head("/api/{repo_type}/{org}/{name}")
     @router.get("/api/{repo_type}/{org}/{name}")
@@ -397,8 +425,7 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool 
                                        method=request.method.lower(),
                                        authorization=request.headers.get("authorization"))
 
-    ours = list(router.routes)
-    app.router.routes[:0] = ours  # before olah's routes, which would match these paths first
+    app.router.routes[:0] = list(router.routes)  # before olah's routes, which would match these paths first
 
     @app.middleware("http")
     async def not_found_like_hf(request: Request, call_next):
@@ -411,7 +438,7 @@ def _mount_write_routes(app, root: Path, mirrors: Path, port: int, writes: bool 
             if ".." not in (org, name) and (git_dir / ".git").is_dir():
                 problem = await run_in_threadpool(_missing, git_dir, revision, path)
                 if problem:
-                    return error(404, problem[1], problem[0])
+                    return _error(404, problem[1], problem[0])
         return await call_next(request)
 
 
