@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -36,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .._checkout import code_revision
 from ..data import load_cifar
 from ..certification import certify, label_radii, rule_of
 from .augment import AugmentConfig, augment_batch
@@ -196,15 +196,6 @@ def _seeded(*parts: int) -> torch.Generator:
 
 
 # ------------------------------------------------------------------------------------------ checkpoints
-def _git_revision() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
 def _save_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -441,7 +432,7 @@ def train(
     result: dict[str, Any] = {"step": step, "total_steps": total_steps, "finished": step >= total_steps}
     if is_main and step >= total_steps:
         meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": __version__,
-                "git_revision": _git_revision() or "unknown"}
+                "git_revision": code_revision()[0] or "unknown"}
         final = averaged()
         if ema is not None:
             meta["ema_decay"] = str(recipe.ema_decay)
@@ -468,9 +459,8 @@ def evaluate_and_write(model: nn.Module, recipe: Recipe, out_dir: Path, data_roo
     res = certify(model, images, torch.from_numpy(y))
     claims = res.to_claims(dataset=recipe.dataset, split="test", subset="full" if not subset else "subset")
     record = {
-        "arch": recipe.model, "recipe": recipe.to_dict(), "claims": claims, "git_revision": _git_revision(),
+        "arch": recipe.model, "recipe": recipe.to_dict(), "claims": claims, "git_revision": code_revision()[0],
         "torch": torch.__version__, "platform": platform.platform(),
-        "radii_sha256": None,
     }
     (Path(out_dir) / "results.json").write_text(json.dumps(record, indent=2))
     return claims
