@@ -3,6 +3,7 @@
 
     python scripts/bench.py layers    # per layer: eval and train-step time vs a plain nn.Conv2d of the same shape
     python scripts/bench.py models    # compact *_xs models: params, train images/s (bf16 + channels_last), epoch time
+                                      # (copied into the families' variant tables, Variant.measured_training)
     python scripts/bench.py train     # *_xs train step: fp32 NCHW vs channels_last (+ bf16), and what bf16 can give
     python scripts/bench.py certify   # seconds to certify the 10,000 CIFAR-10 test images with each *_xs model
     python scripts/bench.py all [--json OUT]
@@ -46,33 +47,11 @@ def _median_time(fn: Callable[[], None], reps: int = 5, warmup: int = 1) -> floa
 
 # ------------------------------------------------------------------------------------------ layers
 def _layer_cases() -> list[tuple[str, Callable[[], nn.Module], tuple[int, int, int], int]]:
-    """(name, constructor, input (C, H, W), output channels) of CIFAR-sized layers of every family."""
-    from lipzoo import layers as L
+    """(name, constructor, input (C, H, W), output channels) of the CIFAR-sized layers every family declares
+    (``Family.bench_layers``: 64 channels in and out, 32x32)."""
+    from lipzoo.models import FAMILIES
 
-    cases: list = [("SLLConv2d(64, inner 64)", lambda: L.SLLConv2d(64, 64), (64, 32, 32), 64),
-                   ("SLLConv2d(64, inner 5)", lambda: L.SLLConv2d(64, 5), (64, 32, 32), 64)]
-    try:
-        from lipzoo.layers import soc
-
-        cls = soc.SOCConv2d
-        cases.append(("SOC 3x3 (64 -> 64)", lambda: cls(64, 64, 3), (64, 32, 32), 64))
-    except Exception as e:  # a family not installed yet must not break the others
-        print(f"(SOC skipped: {e})")
-    try:
-        from lipzoo.layers import lot
-
-        cls = lot.LOTConv2d
-        cases.append(("LOT 3x3 (64 -> 64)", lambda: cls(64, 64, 3), (64, 32, 32), 64))
-    except Exception as e:
-        print(f"(LOT skipped: {e})")
-    try:
-        from lipzoo.layers import sandwich
-
-        cls = getattr(sandwich, "SandwichConv")
-        cases.append(("SandwichConv 3x3 (64 -> 64)", lambda: cls(64, 64, 3), (64, 32, 32), 64))
-    except Exception as e:
-        print(f"(Sandwich skipped: {e})")
-    return cases
+    return [(name, make, (64, 32, 32), 64) for family in FAMILIES.values() for name, make in family.bench_layers.items()]
 
 
 def bench_layers(batch: int = 64) -> list[dict]:
@@ -136,7 +115,10 @@ def _train_step_ips(model: nn.Module, channels_last: bool, bf16: bool, batch: in
 
 
 def compact_models() -> list[str]:
-    return lipzoo.list_models("*_xs")
+    """The compact (CPU) variants the families declare."""
+    from lipzoo.models import ARCHS
+
+    return [name for name in lipzoo.list_models() if ARCHS[name].compact]
 
 
 def bench_models() -> list[dict]:
@@ -148,23 +130,9 @@ def bench_models() -> list[dict]:
         row = {"model": name, "params": sum(p.numel() for p in model.parameters()), "train_images_per_s": ips,
                "epoch_seconds": 50000 / ips}
         rows.append(row)
-        _record_measurement(name, row)
         print(f"{name:14s} {row['params'] / 1e6:6.2f} M params  {ips:7.1f} img/s  epoch {row['epoch_seconds'] / 60:5.1f} min"
               f"  (batch 256, bf16 autocast, channels_last)", flush=True)
     return rows
-
-
-MEASURED_JSON = REPO / "lipzoo" / "measured.json"
-
-
-def _record_measurement(name: str, row: dict) -> None:
-    """Keep the measured epoch time for ``lipzoo.model_info`` (package data written only by this script)."""
-    data = json.loads(MEASURED_JSON.read_text()) if MEASURED_JSON.exists() else {}
-    data[name] = {"train_images_per_s": round(row["train_images_per_s"], 1),
-                  "epoch_minutes": round(row["epoch_seconds"] / 60, 2),
-                  "how": f"python scripts/bench.py models (batch 256, bf16 autocast, channels_last, "
-                         f"{torch.get_num_threads()} threads, torch {torch.__version__})"}
-    MEASURED_JSON.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:

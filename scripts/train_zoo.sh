@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Train and publish every compact model on CPU, one after another (sll, sandwich, lot, soc): the README's
-# reproduce commands in a resumable loop. Re-run it after an interruption: a finished run (results.json) is not
+# Train and publish every compact model on CPU, one after another: each family's compact model with its CPU recipe,
+# as the families declare them (lipzoo.train.recipes.compact_runs); the README's reproduce commands in a resumable loop. Re-run it after an interruption: a finished run (results.json) is not
 # retrained, a published model (hub/lipzoo/<arch>.cifar10) is not republished, any other run resumes.
 # Each published run's record (log.jsonl, recipe.json, results.json) is copied to results/runs/<arch>.cifar10/
 # with its training curve (scripts/plot_training.py).
@@ -15,15 +15,16 @@ RUNS=${RUNS:-runs}
 LIPZOO=${LIPZOO:-lipzoo}
 PYTHON=${PYTHON:-$(dirname "$(command -v "$LIPZOO")")/python}
 [ -x "$PYTHON" ] || PYTHON=python3
-for family in sll sandwich lot soc; do
-    arch=${family}_xs
+PAIRS=$("$PYTHON" -c 'from lipzoo.train.recipes import compact_runs; print(*(f"{a}:{r}" for a, r in compact_runs()))')
+for pair in $PAIRS; do
+    arch=${pair%%:*} recipe=${pair#*:}
     run=$RUNS/$arch.cifar10
     if [ -f "hub/lipzoo/$arch.cifar10/model.safetensors" ]; then
         echo "$arch.cifar10: already published in hub/"
         continue
     fi
     if [ ! -f "$run/results.json" ]; then
-        "$LIPZOO" train --recipe "${family}_cpu" --out "$run" --resume --no-progress
+        "$LIPZOO" train --recipe "$recipe" --out "$run" --resume --no-progress
     fi
     "$LIPZOO" publish "$run" --arch "$arch" --tag cifar10
     mkdir -p "results/runs/$arch.cifar10"

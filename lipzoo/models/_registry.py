@@ -123,12 +123,12 @@ def _check(family: Family) -> None:
     if not family.variants:
         raise RegistryError(f"family {family.name!r} ({family.module}) declares no variant")
     for name, variant in family.variants.items():
-        if not _NAME.fullmatch(name) or not name.startswith(family.name + "_"):
-            raise RegistryError(f"variant {name!r} of family {family.name!r}: names are lower-case identifiers "
-                                f"starting with '{family.name}_'")
         if name in ARCHS:
             raise RegistryError(f"variant {name!r} of family {family.name!r} clashes with the registered "
                                 f"{name!r} of family {ARCHS[name].family!r}")
+        if not _NAME.fullmatch(name) or not name.startswith(family.name + "_"):
+            raise RegistryError(f"variant {name!r} of family {family.name!r}: names are lower-case identifiers "
+                                f"starting with '{family.name}_'")
         if not isinstance(variant, Variant):
             raise RegistryError(f"variant {name!r} of family {family.name!r} is not a Variant")
     taken = {fmt: f.name for f in FAMILIES.values() for fmt in f.checkpoint_formats}

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Recipe", "RECIPES", "get_recipe"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "family_recipes", "compact_runs"]
 
 
 @dataclass
@@ -147,3 +147,23 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
     return RECIPES[name]
+
+
+def family_recipes(family: str) -> list[Recipe]:
+    """The recipes ``family`` declares (``Family.recipes`` in ``lipzoo/models/<family>.py``), in its order."""
+    from ..models import FAMILIES
+
+    return [get_recipe(name) for name in FAMILIES[family].recipes]
+
+
+def compact_runs() -> list[tuple[str, str]]:
+    """``(architecture, recipe)``: for each family, the first of its recipes that trains one of its compact
+    variants (what ``scripts/train_zoo.sh`` trains and publishes)."""
+    from ..models import FAMILIES
+
+    runs = []
+    for family in FAMILIES.values():
+        cpu = [r for r in family_recipes(family.name) if r.model in family.compact]
+        if cpu:
+            runs.append((cpu[0].model, cpu[0].name))
+    return runs

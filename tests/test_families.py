@@ -1,0 +1,100 @@
+"""Families are declarations (issue 21, item 1): discovery refuses a module without one, registration refuses a
+clash before registering anything, and what the declarations say holds (recipes, converters, measured speeds)."""
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import timm
+
+import lipzoo
+from lipzoo.models import FAMILIES
+from lipzoo.models._registry import ARCHS, Family, RegistryError, Variant, discover_families, register_family
+from lipzoo.models.sll import SLLNet
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _package(tmp_path: Path, monkeypatch, name: str, modules: dict[str, str]) -> str:
+    root = tmp_path / name
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    for module, text in modules.items():
+        (root / f"{module}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return name
+
+
+def test_a_family_module_without_a_declaration_is_an_error(tmp_path, monkeypatch):
+    pkg = _package(tmp_path, monkeypatch, "famless_pkg", {"forgot": "X = 1\n", "_helper": "Y = 2\n"})
+    with pytest.raises(RegistryError, match=r"famless_pkg\.forgot must declare exactly one family"):
+        discover_families(pkg)
+
+
+def test_a_family_module_that_fails_to_import_is_not_skipped(tmp_path, monkeypatch):
+    pkg = _package(tmp_path, monkeypatch, "broken_pkg", {"broken": "import a_module_that_does_not_exist\n"})
+    with pytest.raises(ModuleNotFoundError, match="a_module_that_does_not_exist"):
+        discover_families(pkg)
+
+
+def _family(name: str, variants: dict[str, Variant], **kw) -> Family:
+    return Family(name=name, paper="test", model=SLLNet, module=__name__, variants=variants, **kw)
+
+
+@pytest.mark.parametrize("family, message", [
+    (_family("clash", {"clash_a": Variant("a"), "sll_xs": Variant("b")}), "'sll_xs' of family 'clash' clashes"),
+    (_family("sll", {"sll_new": Variant("a")}), "family 'sll' is declared twice"),
+    (_family("odd", {"odd_a": Variant("a"), "other_b": Variant("b")}), "starting with 'odd_'"),
+    (_family("fmt", {"fmt_a": Variant("a")}, checkpoint_formats={"sll": "x"}), r"\['sll'\] of family 'fmt'"),
+])
+def test_a_clashing_declaration_registers_nothing(family, message):
+    archs, families, timm_names = dict(ARCHS), dict(FAMILIES), set(timm.list_models())
+    with pytest.raises(RegistryError, match=message):
+        register_family(family)
+    assert ARCHS == archs and FAMILIES == families and set(timm.list_models()) == timm_names
+    assert ARCHS["sll_xs"].family == "sll"
+
+
+def test_every_module_of_the_models_package_declares_its_family():
+    modules = {f.module.rsplit(".", 1)[1] for f in FAMILIES.values()}
+    on_disk = {p.stem for p in (REPO / "lipzoo" / "models").glob("*.py") if not p.stem.startswith("_")}
+    assert modules == on_disk
+    assert sorted(ARCHS) == sorted(n for f in FAMILIES.values() for n in f.variants)
+    for family in FAMILIES.values():
+        assert family.compact, f"{family.name} has no compact variant"
+        assert all(lipzoo.model_info(n)["family"] == family.name for n in family.variants)
+
+
+def test_declared_recipes_exist_and_train_the_family():
+    from lipzoo.train.recipes import RECIPES, compact_runs
+
+    declared = {r: f.name for f in FAMILIES.values() for r in f.recipes}
+    assert set(declared) == set(RECIPES)  # every recipe belongs to exactly one family's declaration
+    for recipe, family in declared.items():
+        assert RECIPES[recipe].model in FAMILIES[family].variants, recipe
+    assert ("sll_xs", "sll_cpu") in compact_runs() and len(compact_runs()) == 4
+
+
+def test_declared_converters_import_and_convert():
+    from lipzoo.convert import CHECKPOINT_FORMATS
+
+    assert {"sll", "sll-legacy", "lbdn", "soc", "soc-improved", "lot"} <= set(CHECKPOINT_FORMATS)
+    for fmt, module in CHECKPOINT_FORMATS.items():
+        assert callable(importlib.import_module(module).convert_state_dict), fmt
+    for family in FAMILIES.values():
+        if family.reference_converter:
+            assert callable(importlib.import_module(family.reference_converter).from_reference), family.name
+
+
+def test_measured_training_is_the_benchmark_record():
+    """The variant tables carry the epoch times of ``scripts/bench.py models`` (results/bench_models.json)."""
+    rows = json.loads((REPO / "results" / "bench_models.json").read_text())["models"]
+    for row in rows:
+        info = lipzoo.model_info(row["model"])["measured_training"]
+        assert info["train_images_per_s"] == round(row["train_images_per_s"], 1)
+        assert math.isclose(info["epoch_minutes"], round(row["epoch_seconds"] / 60, 2))
+    measured = {a for a in ARCHS if ARCHS[a].measured_training}
+    assert measured == {row["model"] for row in rows}
