@@ -43,7 +43,7 @@ _LAZY = {
     # plain functions, defined in modules named otherwise (lipzoo.certify is the function, never a module)
     "certify": "certification", "audit": "auditing", "verify": "verification",
 }
-_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "run", "reported", "certification",
+_SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "reported", "certification",
                "auditing", "verification")
 
 
