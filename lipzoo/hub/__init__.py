@@ -3,6 +3,8 @@ and serve them offline.
 
 * :func:`load_pretrained` (``download.py``): ``hf_hub_download`` + sha256 pin + verification on first download;
 * :func:`publish` (``publish.py``): certify a checkpoint, write ``hub/<org>/<name>/``, upload with ``HfApi``;
+* :func:`republish_card` (``republish.py``): a new card and config.json for published weights (``--card-only``);
+  the revision it replaces stays servable (``history.py``);
 * :class:`LocalHub` / :func:`serve` (``server.py``): olah on 127.0.0.1 plus upload routes;
 * :func:`render_card` / :func:`claims_from_card` (``card.py``): the model card and its ``model-index``.
 
@@ -13,14 +15,14 @@ from __future__ import annotations
 import importlib
 
 __all__ = [
-    "load_pretrained", "publish", "LocalHub", "serve", "render_card", "claims_from_card",
+    "load_pretrained", "publish", "republish_card", "LocalHub", "serve", "render_card", "claims_from_card",
     "HubError", "IntegrityError", "PickleRefusedError", "HubUnreachableError", "VerificationFailedError",
 ]
 
 _WHERE = {
     "load_pretrained": "download", "HubError": "download", "IntegrityError": "download",
     "PickleRefusedError": "download", "HubUnreachableError": "download", "VerificationFailedError": "download",
-    "publish": "publish", "LocalHub": "server", "serve": "server",
+    "publish": "publish", "republish_card": "republish", "LocalHub": "server", "serve": "server",
     "render_card": "card", "claims_from_card": "card",
 }
 
