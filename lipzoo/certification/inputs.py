@@ -13,6 +13,7 @@ __all__ = ["IMAGE_RANGE_TOLERANCE", "PreparedModel", "as_images", "as_labels", "
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:
+    """``dtype`` if it is float32 or float64 (certificates are never computed in a reduced precision)."""
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"certify in float32 or float64, never {dtype}")
     return dtype
@@ -49,6 +50,7 @@ IMAGE_RANGE_TOLERANCE = 1e-6
 
 
 def as_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+    """Images as a float tensor: numpy arrays converted, uint8 (NCHW or NHWC) divided by 255."""
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not torch.is_tensor(images):
@@ -86,10 +88,12 @@ def check_images(images: torch.Tensor, input_range: tuple[float, float] | None =
 
 
 def input_range_of(model: nn.Module) -> tuple[float, float] | None:
+    """The inputs ``model``'s certificate covers (``model.input_range``, default [0, 1]; ``None``: any)."""
     return getattr(model, "input_range", (0.0, 1.0))
 
 
 def as_labels(labels: Any, n: int) -> torch.Tensor:
+    """``n`` integer class indices as an int64 CPU tensor; ``ValueError`` otherwise."""
     t = labels if torch.is_tensor(labels) else torch.as_tensor(np.asarray(labels))
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got {t.dtype}")
@@ -100,12 +104,15 @@ def as_labels(labels: Any, n: int) -> torch.Tensor:
 
 
 def check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    """``ValueError`` unless every label is a class index of a ``num_classes``-class model."""
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"labels must be class indices in [0, {num_classes - 1}] for this {num_classes}-class model, "
                          f"got values in [{int(labels.min())}, {int(labels.max())}]")
 
 
-def batches_from_tensors(images: torch.Tensor, labels: torch.Tensor, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches_from_tensors(images: torch.Tensor, labels: torch.Tensor,
+                         batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Consecutive ``(images, labels)`` batches of ``batch_size``."""
     for i in range(0, len(labels), batch_size):
         yield images[i:i + batch_size], labels[i:i + batch_size]
 
