@@ -1,0 +1,181 @@
+"""AutoAttack beside the certificate (``lipzoo.attack``): the attack path on a tiny model whose distances to the
+decision boundary are known in closed form, certified <= robust <= clean, a broken certificate caught, the
+record's form, and the stored records (``results/autoattack/``, the cards) checked."""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lipzoo._errors import LipzooUserError
+from lipzoo.attack import DEFAULT_ATTACK_EPS, check_record, check_robustness, robust_accuracy
+from lipzoo.layers.base import LipschitzModule
+from lipzoo.models._base import LipschitzClassifier
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).resolve().parent.parent
+SHAPE, C = (3, 8, 8), 4  # Square needs images of at least 5 x 5
+D = 3 * 8 * 8
+
+
+class _Rows(LipschitzModule):
+    """``x -> (x_0, ..., x_{C-1}) - 0.5`` of the flattened image: orthonormal rows, so 1-Lipschitz, and the l2
+    distance from ``x`` to the boundary between classes ``t`` and ``j`` is exactly ``|z_t - z_j| / sqrt(2)``."""
+
+    def __init__(self, claimed: float = 1.0):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))  # a parameter, so the model has a device and dtype
+        self.claimed = claimed
+
+    def forward(self, x):
+        return self.scale * (F.linear(x.flatten(1), torch.eye(D)[:C].to(x)) - 0.5)
+
+    def lipschitz_bound(self):
+        return self.claimed
+
+
+class TinyLinear(LipschitzClassifier):
+    head_rule = "lipschitz"
+
+    def __init__(self, claimed: float = 1.0):
+        super().__init__()
+        self.normalize, self.features, self.head = torch.nn.Identity(), torch.nn.Identity(), _Rows(claimed)
+        self.num_classes = C
+
+
+def _data(n: int = 24, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images near the middle of [0, 1] (so a shortest attack of norm <= 0.5 stays inside the box) whose
+    distances to the boundary spread over (0, 0.6); every 6th label is wrong."""
+    g = torch.Generator().manual_seed(seed)
+    x = 0.5 + 0.02 * (torch.rand(n, *SHAPE, generator=g) - 0.5)
+    top = torch.arange(n) % C
+    gap = torch.linspace(0.02, 0.85, n)  # distance to the boundary: gap / sqrt(2), 0.014 .. 0.60
+    flat = x.view(n, -1)
+    flat[:, :C] = 0.5 - gap[:, None] / 2
+    flat[torch.arange(n), top] = 0.5 + gap / 2
+    labels = top.clone()
+    labels[::6] = (top[::6] + 1) % C
+    return x, labels
+
+
+def _expected_robust(x: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
+    """Closed form: correct and distance to the nearest boundary > eps (no box constraint binds here)."""
+    z = x.flatten(1)[:, :C]
+    top2 = z.topk(2, dim=1).values
+    return (z.argmax(1) == labels) & ((top2[:, 0] - top2[:, 1]) / math.sqrt(2) > eps)
+
+
+@pytest.fixture(scope="module")
+def attacked():
+    pytest.importorskip("torchattacks", reason="AutoAttack needs the attack extra: pip install 'lipzoo[attack]'")
+    model = TinyLinear()
+    x, y = _data()
+    check, result = check_robustness(model, x, y, batch_size=16)
+    return model, x, y, check, result
+
+
+def test_attack_record_is_well_formed(attacked):
+    import torchattacks
+
+    _, x, y, _, result = attacked
+    record = json.loads(json.dumps(result.to_record()))
+    assert record["attack"] == "autoattack" and record["norm"] == "L2" and record["version"] == "standard"
+    assert record["torchattacks_version"] == torchattacks.__version__ and record["n"] == len(y)
+    assert set(record["robust_accuracy"]) == set(record["eps"]) == set(record["seconds"]) == {"36/255", "0.5"}
+    assert record["eps"] == {"36/255": 36 / 255, "0.5": 0.5} and tuple(record["eps"].values()) == DEFAULT_ATTACK_EPS
+    assert record["clean_accuracy"] == pytest.approx((len(y) - 4) / len(y))
+    assert all(v > 0 for v in record["seconds"].values())
+    assert all(0 <= v <= eps * (1 + 1e-5) for v, eps in zip(record["max_perturbation"].values(), DEFAULT_ATTACK_EPS))
+
+
+def test_attack_finds_every_closed_form_counterexample(attacked):
+    _, x, y, _, result = attacked
+    for eps in DEFAULT_ATTACK_EPS:
+        expected = _expected_robust(x, y, eps)
+        assert 0 < int(expected.sum()) < int((x.flatten(1)[:, :C].argmax(1) == y).sum())  # the case is not trivial
+        assert torch.equal(result.robust[{36 / 255: "36/255", 0.5: "0.5"}[eps]], expected), eps
+
+
+def test_certified_le_robust_le_clean(attacked):
+    _, _, _, check, result = attacked
+    assert check.passed, check.failures()
+    assert check.broken == {"36/255": 0, "0.5": 0}
+    for key in ("36/255", "0.5"):
+        assert 0 < check.certified[key] <= check.robust[key] <= check.clean == result.clean_accuracy
+
+
+def test_a_broken_certificate_is_caught(attacked):
+    """A model that claims a Lipschitz bound 4x too small: the certifier certifies points the attack breaks."""
+    _, x, y, _, result = attacked
+    check, _ = check_robustness(TinyLinear(claimed=0.25), x, y, result)
+    assert not check.passed and check.broken["0.5"] > 0
+    assert any("broken certificate" in line for line in check.failures())
+
+
+def test_attack_restores_the_model_and_moves_nothing(attacked):
+    model, x, y, _, _ = attacked
+    model.train()
+    before = [p.requires_grad for p in model.parameters()]
+    robust_accuracy(model, x[:4], y[:4], eps=0.1)
+    assert model.training and [p.requires_grad for p in model.parameters()] == before
+
+
+def test_bad_inputs_and_missing_torchattacks_are_one_line(monkeypatch):
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        robust_accuracy(TinyLinear(), 2 * torch.ones(1, *SHAPE), [0], eps=0.1)
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    with pytest.raises(LipzooUserError, match="pip install 'torchattacks==3.5.1'") as info:
+        robust_accuracy(TinyLinear(), torch.rand(1, *SHAPE), [0])
+    assert "\n" not in str(info.value)
+
+
+def test_check_record_counts():
+    record = {"n": 100, "clean_accuracy": 0.7, "robust_accuracy": {"36/255": 0.6, "0.5": 0.4}}
+    assert check_record(record, {"36/255": 0.55, "0.5": 0.3}).passed
+    failures = check_record(record, {"36/255": 0.61, "0.5": 0.3}).failures()
+    assert len(failures) == 1 and "36/255" in failures[0] and "broken certificate" in failures[0]
+    assert not check_record({**record, "robust_accuracy": {"0.5": 0.71}}, {}).passed
+
+
+# ------------------------------------------------------------------------------------- the stored records
+def _records() -> list[Path]:
+    return sorted((ROOT / "results" / "autoattack").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", _records() or [None], ids=lambda p: p.name if p else "none")
+def test_stored_autoattack_records_hold_the_ordering(path):
+    if path is None:
+        pytest.skip("no AutoAttack record under results/autoattack/ yet")
+    record = json.loads(path.read_text())
+    assert record["attack"] == "autoattack" and record["norm"] == "L2" and record["version"] == "standard"
+    assert set(record["certified_accuracy"]) == set(record["robust_accuracy"])
+    check = check_record(record)
+    assert check.passed, (path.name, check.failures())
+
+
+def _cards() -> list[Path]:
+    return sorted((ROOT / "hub").glob("*/*/README.md"))
+
+
+@pytest.mark.parametrize("card", _cards() or [None], ids=lambda p: p.parent.name if p else "none")
+def test_cards_robust_accuracy_holds_the_ordering(card):
+    """A card's ``robust_accuracy`` metrics equal its repo's AutoAttack record, which satisfies certified <=
+    robust <= clean on the attacked images."""
+    if card is None:
+        pytest.skip("no published card")
+    from huggingface_hub import ModelCard
+
+    robust = {r.metric_args["eps"]: r.metric_value for r in ModelCard.load(card).data.eval_results or []
+              if r.metric_type == "robust_accuracy"}
+    if not robust:
+        pytest.skip(f"{card.parent.name}'s card has no robust_accuracy yet")
+    record = json.loads((card.parent / "config.json").read_text())["lipzoo"]["autoattack"]
+    assert {float(e): v for e, v in robust.items()} == pytest.approx(
+        {record["eps"][k]: 100 * v for k, v in record["robust_accuracy"].items()}, abs=0.006)
+    check = check_record(record)
+    assert check.passed, (card.parent.name, check.failures())
