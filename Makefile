@@ -11,6 +11,7 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(VPY) -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 	$(VPY) -m pip install -q -e ".[hub,dev]"
+	$(VPY) -m pip install -q --no-deps "torchattacks==3.5.1"  # lipzoo[attack]; its requests pin clashes, see pyproject
 	@touch $(STAMP)
 
 setup: $(STAMP)
