@@ -407,4 +407,4 @@ def verify(
     checks += _accuracy_checks(result, claims, eps, statistical)
 
     return VerificationReport(model=name or type(model).__name__, dataset=dataset, split=split,
-                              subset=measured_subset, mode=mode, n=n, checks=checks, notes=notes, result=result)
+                              subset=measured_subset, mode=mode, n=result.n, checks=checks, notes=notes, result=result)
