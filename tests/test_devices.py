@@ -15,7 +15,7 @@ PACKAGE = Path(lipzoo.__file__).resolve().parent
 ALLOWED = {
     ("train/loop.py", '"cuda"'),  # _pick_device: the default when a GPU exists
     ("_numerics.py", '"cuda"'),  # the autocast device types switched off during certification
-    ("_cli/certify.py", '"cuda"'),  # --device: the default when a GPU exists, and its availability check
+    ("cli/certify.py", '"cuda"'),  # --device: the default when a GPU exists, and its availability check
 }
 PATTERNS = [r"\.cuda\(", r'"cuda(:\d+)?"', r"'cuda(:\d+)?'", r'device\s*=\s*"cuda']
 
