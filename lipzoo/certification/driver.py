@@ -78,7 +78,8 @@ def _cat(parts: list[torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
 
 
 def _run(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], total: int | None,
-         eps: Sequence[float], dtype: torch.dtype, progress: bool, lipschitz_bound: float | None) -> CertificationResult:
+         eps: Sequence[float], dtype: torch.dtype, progress: bool,
+         lipschitz_bound: float | None) -> CertificationResult:
     dtype = check_dtype(dtype)
     eps = tuple(float(e) for e in eps)
     start = time.perf_counter()

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["IMAGE_RANGE_TOLERANCE", "PreparedModel", "as_images", "as_labels", "batches_from_tensors", "check_dtype", "check_images",
-           "check_labels", "input_range_of", "to_model_input"]
+__all__ = ["IMAGE_RANGE_TOLERANCE", "PreparedModel", "as_images", "as_labels", "batches_from_tensors", "check_dtype",
+           "check_images", "check_labels", "input_range_of", "to_model_input"]
 
 
 def check_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -44,7 +44,8 @@ class MLPParams:
     def of(cls, head: nn.Module, dtype: torch.dtype | None = None) -> "MLPParams":
         fc1, fc2 = getattr(head, "fc1", None), getattr(head, "fc2", None)
         if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
-            raise TypeError(f"the 'mlp_curvature' rule needs a head with nn.Linear fc1 and fc2, got {type(head).__name__}")
+            raise TypeError("the 'mlp_curvature' rule needs a head with nn.Linear fc1 and fc2, "
+                            f"got {type(head).__name__}")
 
         def cast(t: torch.Tensor | None, n: int) -> torch.Tensor:
             if t is None:
@@ -198,7 +199,8 @@ class _CurvatureBounds:
         else:
             b = self.w1[idx] * s[:, None]
             mat = b.T @ b
-        form_err = (float_rounding_slack(max(d, k), torch.float64) + 4 * 2.0 ** -53) * float((a[idx] * self._row_sq[idx]).sum()) * (1 + 1e-9)
+        trace = float((a[idx] * self._row_sq[idx]).sum())
+        form_err = (float_rounding_slack(max(d, k), torch.float64) + 4 * 2.0 ** -53) * trace * (1 + 1e-9)
         return lambda_max_upper(mat) + form_err
 
     def pair(self, t: int, j: int) -> float:
