@@ -7,6 +7,11 @@ Authors' conventions. ``AOLConv2d(cin, cout, k)`` / ``AOLConv2dOrth`` is an ``nn
 channels, exactly lipzoo's :class:`~lipzoo.layers.aol.AOLConv2d` with ``padding_mode='circular'``. PyTorch refuses
 ``padding='same'`` with a stride, so the port has no strided AOL layer.
 
+The AOL paper's TensorFlow layers (berndprach/AOL ``AOLConv2D(filters, kernel_size, padding)``, ``AOLDense(units)``)
+hold ``kernel_parameters`` ([kh, kw, in, out] / [in, out]) and ``bias_parameters`` and work on NHWC tensors:
+:func:`tf_layer_state` transposes them to lipzoo's layout and :class:`ChannelsLast` applies the lipzoo layer to NHWC
+inputs, so a recorded TF case is reproduced as a function of the authors' own layout. They have no strides either.
+
 The 1LLC ConvNet (``lipnn.lip_conv_net.LipConvNet``; ConvNetXS..L in the paper) is rebuilt here from lipzoo layers
 with the authors' module names, so its keys map one to one: ``ZeroConcatenation`` (zero channel pad), ``FirstConv``
 (1x1), ``FirstActivation`` (MaxMin on adjacent channel pairs), ``Block{i}`` = [conv k x k, MaxMin] x length,
@@ -23,12 +28,12 @@ import torch
 from torch import nn
 
 from ..layers.activations import MaxMin
-from ..layers.aol import AOLConv2d
+from ..layers.aol import AOLConv2d, AOLLinear
 from ..layers.shapes import ChannelPad, FirstChannels, PixelUnshuffle
 from . import ConversionError
 from ._common import load_exact, spec_parts
 
-__all__ = ["from_reference", "convert_state_dict", "lipconvnet_1llc"]
+__all__ = ["from_reference", "convert_state_dict", "lipconvnet_1llc", "tf_layer_state", "ChannelsLast"]
 
 _CONV_CLASSES = ("AOLConv2d", "AOLConv2dOrth", "AOLConv2dDirac")
 
@@ -76,8 +81,43 @@ def convert_state_dict(state: dict[str, torch.Tensor], fmt: str = "aol-1llc", mo
     return out
 
 
+class ChannelsLast(nn.Module):
+    """``layer`` applied to an NHWC tensor (NHWC in, NHWC out); a permutation on each side, so the bound is the
+    layer's."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+    def lipschitz_bound(self) -> float:
+        return self.layer.lipschitz_bound()
+
+
+def tf_layer_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """TF ``kernel_parameters`` [kh, kw, in, out] or [in, out] and ``bias_parameters`` -> lipzoo ``weight``
+    (out, in, kh, kw) or (out, in) and ``bias``."""
+    k = state["kernel_parameters"]
+    weight = k.permute(3, 2, 0, 1) if k.dim() == 4 else k.T
+    return {"weight": weight.contiguous(), "bias": state["bias_parameters"]}
+
+
+def _tf_layer(cls: str, args: list, kwargs: dict, c: dict[str, Any]) -> nn.Module:
+    if cls == "AOLDense":
+        return AOLLinear(c["input_channels"], args[0])
+    k = args[1][0] if isinstance(args[1], (list, tuple)) else args[1]
+    if kwargs.get("padding", "valid").lower() != "same" or kwargs.get("strides", (1, 1)) not in ((1, 1), [1, 1]):
+        raise ConversionError("only AOLConv2D(padding='same') with stride 1 has a lipzoo equivalent")
+    return AOLConv2d(c["input_channels"], args[0], k, padding_mode="zeros")
+
+
 def from_reference(spec: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     cls, args, kwargs, dtype = spec_parts(spec, state)
+    if cls in ("AOLConv2D", "AOLDense"):  # the AOL paper's TensorFlow layers (NHWC)
+        layer = load_exact(_tf_layer(cls, args, kwargs, spec["constructor"]), tf_layer_state(state), dtype)
+        return ChannelsLast(layer) if cls == "AOLConv2D" else layer
     if cls in _CONV_CLASSES:
         if kwargs.get("padding", "same") != "same" or kwargs.get("padding_mode", "circular") != "circular":
             raise ConversionError("only the 1LLC default padding='same', padding_mode='circular' is supported")
