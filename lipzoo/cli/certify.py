@@ -54,17 +54,17 @@ def _weights_source(args: argparse.Namespace) -> str:
     raise LipzooUserError(f"{args.model} has no weights to {args.command}: pass {', '.join(ways[:-1])} or {ways[-1]}")
 
 
-def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = True):
+def _load_model(args: argparse.Namespace, dataset: str, verify_download: bool = True,
+                model_args: dict | None = None):
+    """The model of ``args`` (published weights, a checkpoint or random weights) on ``--device``, in eval mode;
+    ``model_args`` are architecture arguments (they may override ``num_classes`` and ``verify``)."""
     import lipzoo
     from lipzoo.data import NUM_CLASSES
 
-    kwargs = {}
     # 'arch.tag' names published weights: download them unless a local checkpoint is given
     pretrained = _weights_source(args) == "pretrained"
-    if not pretrained:
-        kwargs["num_classes"] = NUM_CLASSES[dataset]
-    else:
-        kwargs["verify"] = verify_download
+    kwargs = {"verify": verify_download} if pretrained else {"num_classes": NUM_CLASSES[dataset]}
+    kwargs.update(model_args or {})
     model = lipzoo.create_model(args.model, pretrained=pretrained, checkpoint_path=args.checkpoint,
                                 checkpoint_format=args.checkpoint_format, **kwargs)
     return model.to(_device(args)).eval()

@@ -22,16 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def verify_against_paper(args: argparse.Namespace) -> int:
-    import lipzoo
     from lipzoo.data import NUM_CLASSES
     from lipzoo.reported import DEFAULT_TOLERANCE_PP, resolve_against, verify_against
 
     from .._errors import LipzooUserError
-    from .certify import _device, _dtype, _setup, _weights_source
+    from .certify import _dtype, _load_model, _setup, _weights_source
 
     if args.claims or args.quick:
         raise LipzooUserError("--against compares with a paper's reported row: drop --claims / --quick")
-    source = _weights_source(args)
+    _weights_source(args)  # a model without a stated source of weights is refused before anything loads
     try:
         model_args = json.loads(args.model_args) if args.model_args else {}
     except ValueError as e:
@@ -46,14 +45,7 @@ def verify_against_paper(args: argparse.Namespace) -> int:
         raise LipzooUserError(f"reported row {row['id']} is on {dataset}, which lipzoo cannot load "
                               f"({', '.join(sorted(NUM_CLASSES))})")
     _setup(args)
-    pretrained = source == "pretrained"
-    kwargs = dict(model_args)
-    if pretrained:
-        kwargs.setdefault("verify", False)
-    else:
-        kwargs.setdefault("num_classes", NUM_CLASSES[dataset])
-    model = lipzoo.create_model(args.model, pretrained=pretrained, checkpoint_path=args.checkpoint,
-                                checkpoint_format=args.checkpoint_format, **kwargs).to(_device(args)).eval()
+    model = _load_model(args, dataset, verify_download=False, model_args=model_args)
     tol = DEFAULT_TOLERANCE_PP if args.tolerance is None else args.tolerance
     cmp = verify_against(model, row, n=args.n, root=args.data, tolerance_pp=tol, batch_size=args.batch_size,
                          dtype=_dtype(args), progress=not args.quiet, name=args.model)
