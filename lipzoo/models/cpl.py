@@ -23,21 +23,21 @@ from torch import nn
 
 from ..layers.cpl import CPLConv2d, CPLLinear
 from ..layers.heads import LLN
-from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
+from ..layers.normalize import CIFAR10_MEAN
 from ..layers.shapes import FirstChannels
-from ._base import LipschitzClassifier
 from ._registry import Family, Variant, register_family
-from .sll import residual_body
+from .sll import ResidualNet
 
 __all__ = ["CPLNet"]
 
 PAPER = "Meunier, Delattre, Araujo & Allauzen, A Dynamical System Perspective for Lipschitz Neural Networks, ICML 2022"
 
 
-class CPLNet(LipschitzClassifier):
-    """The CPL ``ConvexPotentialLayerNetwork``; ``num_classes=100`` uses the CIFAR-100 mean."""
+class CPLNet(ResidualNet):
+    """The CPL ``ConvexPotentialLayerNetwork``: :class:`~lipzoo.models.sll.ResidualNet` with CPL layers."""
 
     family = "cpl"
+    cifar10_mean = CIFAR10_MEAN
 
     def __init__(
         self,
@@ -53,20 +53,17 @@ class CPLNet(LipschitzClassifier):
         mean: tuple[float, float, float] | None = None,
         **kwargs,
     ):
-        super().__init__()
-        if kwargs:
-            raise TypeError(f"unexpected arguments for CPLNet: {sorted(kwargs)}")
         if head not in ("lln", "trunc"):
             raise ValueError(f"head must be 'lln' or 'trunc', got {head!r}")
         self.head_type = head
-        self.num_classes = num_classes
-        mean = mean or (CIFAR100_MEAN if num_classes == 100 else CIFAR10_MEAN)
-        self.normalize = InputNormalize(mean, (1.0, 1.0, 1.0))
-        self.features, self.num_features = residual_body(
-            width, n_conv, n_dense, input_size, pool,
-            lambda: CPLConv2d(width, conv_inner_dim, 3, input_size=input_size),
-            lambda features: CPLLinear(features, dense_inner_dim))
-        self.head = self._make_head(num_classes)
+        super().__init__(width, n_conv, n_dense, conv_inner_dim, dense_inner_dim, num_classes, input_size, pool, mean,
+                         **kwargs)
+
+    def make_conv(self, channels: int, inner_dim: int, input_size: int) -> nn.Module:
+        return CPLConv2d(channels, inner_dim, 3, input_size=input_size)
+
+    def make_linear(self, features: int, inner_dim: int) -> nn.Module:
+        return CPLLinear(features, inner_dim)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         if self.head_type == "lln":

@@ -8,8 +8,6 @@ The certifier uses the LLN pairwise rule with the body's bound (1 up to float er
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
-
 from torch import nn
 
 from ..layers.heads import LLN
@@ -19,26 +17,46 @@ from ..layers.sll import SLLConv2d, SLLLinear
 from ._base import LipschitzClassifier
 from ._registry import Family, Variant, cpu_training, register_family
 
-__all__ = ["SLLNet", "residual_body"]
+__all__ = ["ResidualNet", "SLLNet"]
 
 PAPER = "Araujo et al., A Unified Algebraic Perspective on Lipschitz Neural Networks, ICLR 2023"
 
 
-def residual_body(width: int, n_conv: int, n_dense: int, input_size: int, pool: int,
-                  make_conv: Callable[[], nn.Module], make_linear: Callable[[int], nn.Module]) -> tuple[nn.Sequential, int]:
-    """The SLL / CPL body: ``zero-pad channels 3 -> width -> n_conv x make_conv() (all at input_size) -> pool x pool
-    window sum / pool -> flatten -> n_dense x make_linear(features)``; returns it and its ``features`` count."""
-    side = input_size // pool
-    features = width * side * side
-    layers: list[nn.Module] = [ChannelPad(width)]
-    layers += [make_conv() for _ in range(n_conv)]
-    layers += [SLLAvgPool(pool), nn.Flatten()]
-    layers += [make_linear(features) for _ in range(n_dense)]
-    return nn.Sequential(*layers), features
+class ResidualNet(LipschitzClassifier):
+    """The SLL / CPL network skeleton (SLL's ``LipschitzNetwork``, CPL's ``ConvexPotentialLayerNetwork``):
+    ``[0,1] image -> subtract mean (std 1, L = 1) -> zero-pad channels 3 -> width -> n_conv x make_conv (all at
+    input_size) -> pool x pool window sum / pool -> flatten (width * (input_size / pool)^2 features) -> n_dense x
+    make_linear -> head``. Subclasses give the layers, the head and ``cifar10_mean``; ``num_classes=100`` uses the
+    CIFAR-100 mean."""
+
+    cifar10_mean: tuple[float, float, float] = SLL_CIFAR10_MEAN
+
+    def __init__(self, width: int, n_conv: int, n_dense: int, conv_inner_dim: int, dense_inner_dim: int,
+                 num_classes: int, input_size: int, pool: int, mean: tuple[float, float, float] | None, **kwargs):
+        super().__init__()
+        if kwargs:
+            raise TypeError(f"unexpected arguments for {type(self).__name__}: {sorted(kwargs)}")
+        self.num_classes = num_classes
+        self.normalize = InputNormalize(mean or (CIFAR100_MEAN if num_classes == 100 else self.cifar10_mean),
+                                        (1.0, 1.0, 1.0))
+        side = input_size // pool
+        self.num_features = width * side * side
+        layers: list[nn.Module] = [ChannelPad(width)]
+        layers += [self.make_conv(width, conv_inner_dim, input_size) for _ in range(n_conv)]
+        layers += [SLLAvgPool(pool), nn.Flatten()]
+        layers += [self.make_linear(self.num_features, dense_inner_dim) for _ in range(n_dense)]
+        self.features = nn.Sequential(*layers)
+        self.head = self._make_head(num_classes)
+
+    def make_conv(self, channels: int, inner_dim: int, input_size: int) -> nn.Module:
+        raise NotImplementedError  # pragma: no cover - per family
+
+    def make_linear(self, features: int, inner_dim: int) -> nn.Module:
+        raise NotImplementedError  # pragma: no cover - per family
 
 
-class SLLNet(LipschitzClassifier):
-    """The SLL ``LipschitzNetwork``; ``num_classes=100`` uses the CIFAR-100 mean."""
+class SLLNet(ResidualNet):
+    """The SLL ``LipschitzNetwork``: :class:`ResidualNet` with SLL layers and an LLN head."""
 
     family = "sll"
 
@@ -56,17 +74,15 @@ class SLLNet(LipschitzClassifier):
         mean: tuple[float, float, float] | None = None,
         **kwargs,
     ):
-        super().__init__()
-        if kwargs:
-            raise TypeError(f"unexpected arguments for SLLNet: {sorted(kwargs)}")
-        self.num_classes = num_classes
-        mean = mean or (CIFAR100_MEAN if num_classes == 100 else SLL_CIFAR10_MEAN)
-        self.normalize = InputNormalize(mean, (1.0, 1.0, 1.0))
-        self.features, self.num_features = residual_body(
-            width, n_conv, n_dense, input_size, pool,
-            lambda: SLLConv2d(width, conv_inner_dim, 3, q_mode=q_mode),
-            lambda features: SLLLinear(features, dense_inner_dim, q_mode=q_mode))
-        self.head = self._make_head(num_classes)
+        self.q_mode = q_mode
+        super().__init__(width, n_conv, n_dense, conv_inner_dim, dense_inner_dim, num_classes, input_size, pool, mean,
+                         **kwargs)
+
+    def make_conv(self, channels: int, inner_dim: int, input_size: int) -> nn.Module:
+        return SLLConv2d(channels, inner_dim, 3, q_mode=self.q_mode)
+
+    def make_linear(self, features: int, inner_dim: int) -> nn.Module:
+        return SLLLinear(features, inner_dim, q_mode=self.q_mode)
 
     def _make_head(self, num_classes: int) -> nn.Module:
         return LLN(self.num_features, num_classes, bias=True, eps=1e-12)
