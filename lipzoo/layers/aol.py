@@ -31,17 +31,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off, float_rounding_slack, parametrization_dtype
+from .._numerics import autocast_off, float_rounding_slack, promoted
 from .base import LipschitzModule, ParametrizationCache
 
 __all__ = ["AOLConv2d", "AOLLinear", "aol_dense_scaling", "aol_conv_scaling", "conv_autocorrelation"]
 
 _EPS = 1e-6  # the authors' epsilon under the square root
-
-
-def _param_dtype(t: torch.Tensor) -> torch.Tensor:
-    """Parametrisations run in float32 or float64, never in a reduced precision."""
-    return t.to(parametrization_dtype(t.dtype))
 
 
 def conv_autocorrelation(kernel: torch.Tensor) -> torch.Tensor:
@@ -68,7 +63,74 @@ def _weighted_schur_sq(gram_abs_rowsum_weighted: torch.Tensor, q: torch.Tensor) 
     return float((gram_abs_rowsum_weighted / q).max())
 
 
-class AOLConv2d(LipschitzModule):
+class _AOLLayer(LipschitzModule):
+    """What AOLConv2d and AOLLinear share: the parameter ``P`` (``weight``, out x in x ...) rescaled over its input
+    axis, ``W = P * d`` with ``d = _scaling(P)`` (float32/float64, even under autocast, cached), and the proven bound
+    of the realised ``W`` by the weighted Schur test (module docstring): ``sqrt(max_i rows_i / q_i)`` with
+    ``q = 1 / d`` and ``rows = |Gram(W)| q`` (``_schur_rows``), times the float64 rounding slack of the products."""
+
+    weight: nn.Parameter
+
+    def _init_parameters(self, shape: tuple[int, ...], bias: bool) -> None:
+        self.weight = nn.Parameter(torch.empty(*shape))
+        self.bias = nn.Parameter(torch.zeros(shape[0])) if bias else None
+        self._cache = ParametrizationCache(self)
+        self._bound_cache = ParametrizationCache(self)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self._identity_init():
+            pass
+        elif self.init == "orthogonal":
+            nn.init.orthogonal_(self.weight)
+        elif self.init == "kaiming":
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        else:
+            raise ValueError(f"unknown init {self.init!r}")
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+    def _identity_init(self) -> bool:
+        raise NotImplementedError  # pragma: no cover - per layer
+
+    def _scaling(self, p: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - per layer
+
+    def _schur_rows(self, w_r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError  # pragma: no cover - per layer
+
+    def _inner_length(self) -> int:
+        raise NotImplementedError  # pragma: no cover - per layer
+
+    def rescaled_weight(self) -> torch.Tensor:
+        """The weight the forward uses, ``P * d`` over the input axis (float32/float64, even under autocast)."""
+        with autocast_off(self.weight.device):
+            p = promoted(self.weight)
+            return p * self._scaling(p).view(1, -1, *([1] * (p.dim() - 2)))
+
+    def _forward_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The cached rescaled weight and the bias, in ``x``'s dtype unless autocast picks the dtype."""
+        w, bias = self._cache.get(self.rescaled_weight), self.bias
+        if not torch.is_autocast_enabled(x.device.type):
+            w = w.to(x.dtype)
+            bias = None if bias is None else bias.to(x.dtype)
+        return w, bias
+
+    def lipschitz_bound(self) -> float:
+        return self._bound_cache.get(self._realised_bound)
+
+    @torch.no_grad()
+    def _realised_bound(self) -> float:
+        w_r = self._cache.get(self.rescaled_weight).detach().double()
+        q = 1.0 / self._scaling(promoted(self.weight.detach())).double()  # the realised weights' Schur weights
+        if not (bool(torch.isfinite(w_r).all()) and bool(torch.isfinite(q).all())):
+            return math.inf
+        rows = self._schur_rows(w_r, q)
+        return math.sqrt(_weighted_schur_sq(rows, q)) * (1.0 + float_rounding_slack(self._inner_length() + 4,
+                                                                                     torch.float64))
+
+
+class AOLConv2d(_AOLLayer):
     """AOL convolution ``in_channels -> out_channels`` (odd kernel, "same" padding, stride 1 or more).
 
     Parameters: ``weight`` (out, in, k, k) — the unconstrained kernel ``P`` — and ``bias`` (out,).
@@ -96,69 +158,44 @@ class AOLConv2d(LipschitzModule):
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
         self.stride, self.padding_mode, self.eps = stride, padding_mode, float(eps)
         self.init = init or ("dirac" if in_channels == out_channels else "orthogonal")
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        self._cache = ParametrizationCache(self)
-        self._bound_cache = ParametrizationCache(self)
-        self.reset_parameters()
+        self._init_parameters((out_channels, in_channels, kernel_size, kernel_size), bias)
 
-    def reset_parameters(self) -> None:
-        if self.init == "dirac":
-            if self.in_channels == self.out_channels:
-                nn.init.dirac_(self.weight)
-            else:  # identity on the first min(in, out) channels
-                nn.init.zeros_(self.weight)
-                c = self.kernel_size // 2
-                n = min(self.in_channels, self.out_channels)
-                with torch.no_grad():
-                    self.weight[torch.arange(n), torch.arange(n), c, c] = 1.0
-        elif self.init == "orthogonal":
-            nn.init.orthogonal_(self.weight)
-        elif self.init == "kaiming":
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        else:
-            raise ValueError(f"unknown init {self.init!r}")
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+    def _identity_init(self) -> bool:
+        if self.init != "dirac":
+            return False
+        if self.in_channels == self.out_channels:
+            nn.init.dirac_(self.weight)
+        else:  # identity on the first min(in, out) channels
+            nn.init.zeros_(self.weight)
+            c = self.kernel_size // 2
+            n = min(self.in_channels, self.out_channels)
+            with torch.no_grad():
+                self.weight[torch.arange(n), torch.arange(n), c, c] = 1.0
+        return True
 
-    def rescaled_weight(self) -> torch.Tensor:
-        """The kernel the forward uses, ``P * d`` over input channels (float32/float64, even under autocast)."""
-        with autocast_off(self.weight.device):
-            p = _param_dtype(self.weight)
-            return p * aol_conv_scaling(p, self.eps).view(1, -1, 1, 1)
+    def _scaling(self, p: torch.Tensor) -> torch.Tensor:
+        return aol_conv_scaling(p, self.eps)
+
+    def _schur_rows(self, w_r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        a = conv_autocorrelation(w_r).abs()  # (in, in, 2k-1, 2k-1)
+        return (a * q.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+
+    def _inner_length(self) -> int:
+        return self.out_channels * self.kernel_size ** 2 + self.in_channels * (2 * self.kernel_size - 1) ** 2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._cache.get(self.rescaled_weight)
-        bias = self.bias
-        if not torch.is_autocast_enabled(x.device.type):
-            w = w.to(x.dtype)
-            bias = None if bias is None else bias.to(x.dtype)
+        w, bias = self._forward_weights(x)
         p = self.kernel_size // 2
         if self.padding_mode == "circular" and p > 0:
             return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w, bias, stride=self.stride)
         return F.conv2d(x, w, bias, stride=self.stride, padding=p)
-
-    def lipschitz_bound(self) -> float:
-        return self._bound_cache.get(self._realised_bound)
-
-    @torch.no_grad()
-    def _realised_bound(self) -> float:
-        w_r = self._cache.get(self.rescaled_weight).detach().double()
-        p = _param_dtype(self.weight.detach())
-        q = 1.0 / aol_conv_scaling(p, self.eps).double()  # the realised weights' Schur weights
-        if not (bool(torch.isfinite(w_r).all()) and bool(torch.isfinite(q).all())):
-            return math.inf
-        a = conv_autocorrelation(w_r).abs()  # (in, in, 2k-1, 2k-1)
-        rows = (a * q.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
-        n = self.out_channels * self.kernel_size ** 2 + self.in_channels * (2 * self.kernel_size - 1) ** 2
-        return math.sqrt(_weighted_schur_sq(rows, q)) * (1.0 + float_rounding_slack(n + 4, torch.float64))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding_mode={self.padding_mode!r}, bias={self.bias is not None}")
 
 
-class AOLLinear(LipschitzModule):
+class AOLLinear(_AOLLayer):
     """AOL dense layer ``in_features -> out_features``: ``y = P diag(d) x + b``.
 
     Parameters: ``weight`` (out, in) — ``P`` — and ``bias`` (out,). ``init``: ``"identity"`` (the authors'
@@ -169,51 +206,27 @@ class AOLLinear(LipschitzModule):
                  eps: float = _EPS):
         super().__init__()
         self.in_features, self.out_features, self.init, self.eps = in_features, out_features, init, float(eps)
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        self._cache = ParametrizationCache(self)
-        self._bound_cache = ParametrizationCache(self)
-        self.reset_parameters()
+        self._init_parameters((out_features, in_features), bias)
 
-    def reset_parameters(self) -> None:
-        if self.init == "identity":
-            with torch.no_grad():
-                self.weight.copy_(torch.eye(self.out_features, self.in_features))
-        elif self.init == "orthogonal":
-            nn.init.orthogonal_(self.weight)
-        elif self.init == "kaiming":
-            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
-        else:
-            raise ValueError(f"unknown init {self.init!r}")
-        if self.bias is not None:
-            nn.init.zeros_(self.bias)
+    def _identity_init(self) -> bool:
+        if self.init != "identity":
+            return False
+        with torch.no_grad():
+            self.weight.copy_(torch.eye(self.out_features, self.in_features))
+        return True
 
-    def rescaled_weight(self) -> torch.Tensor:
-        with autocast_off(self.weight.device):
-            p = _param_dtype(self.weight)
-            return p * aol_dense_scaling(p, self.eps).view(1, -1)
+    def _scaling(self, p: torch.Tensor) -> torch.Tensor:
+        return aol_dense_scaling(p, self.eps)
+
+    def _schur_rows(self, w_r: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return (w_r.T @ w_r).abs() @ q
+
+    def _inner_length(self) -> int:
+        return self.out_features + self.in_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self._cache.get(self.rescaled_weight)
-        bias = self.bias
-        if not torch.is_autocast_enabled(x.device.type):
-            w = w.to(x.dtype)
-            bias = None if bias is None else bias.to(x.dtype)
+        w, bias = self._forward_weights(x)
         return F.linear(x.flatten(1), w, bias)
-
-    def lipschitz_bound(self) -> float:
-        return self._bound_cache.get(self._realised_bound)
-
-    @torch.no_grad()
-    def _realised_bound(self) -> float:
-        w_r = self._cache.get(self.rescaled_weight).detach().double()
-        p = _param_dtype(self.weight.detach())
-        q = 1.0 / aol_dense_scaling(p, self.eps).double()
-        if not (bool(torch.isfinite(w_r).all()) and bool(torch.isfinite(q).all())):
-            return math.inf
-        rows = (w_r.T @ w_r).abs() @ q
-        n = self.out_features + self.in_features
-        return math.sqrt(_weighted_schur_sq(rows, q)) * (1.0 + float_rounding_slack(n + 4, torch.float64))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
