@@ -10,39 +10,10 @@ import torch
 import torch.nn.functional as F
 
 import lipzoo
+from _orthoconv import add_noise, dense_matrix, jacobian_power_iteration, random_model
 from lipzoo.layers.aol import AOLConv2d, AOLLinear, aol_conv_scaling, conv_autocorrelation
 
 torch.set_num_threads(1)
-
-
-def _perturb(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
-
-
-def _dense_matrix(fn, in_shape: tuple[int, ...]) -> torch.Tensor:
-    """The matrix of a linear map on float64 tensors of ``in_shape``, built column by column."""
-    n = math.prod(in_shape)
-    eye = torch.eye(n, dtype=torch.float64).view(n, *in_shape)
-    with torch.no_grad():
-        return fn(eye).reshape(n, -1).T
-
-
-def _jacobian_power_iteration(f, x: torch.Tensor, iters: int, seed: int) -> float:
-    """A lower estimate of ||J_f(x)||_2 (power iteration on J^T J with jvp / vjp)."""
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-    v = v / v.norm()
-    sigma = 0.0
-    for _ in range(iters):
-        _, jv = torch.func.jvp(f, (x,), (v,))
-        _, vjp = torch.func.vjp(f, x)
-        (jtjv,) = vjp(jv)
-        sigma = float(jv.norm())
-        v = jtjv / jtjv.norm()
-    return sigma
 
 
 # --------------------------------------------------------------------------------------------- the layers
@@ -72,7 +43,7 @@ def test_rescaled_conv_operator_norm_is_at_most_one_exactly(case):
             return F.conv2d(F.pad(x, (p, p, p, p), mode="circular"), w)
         return F.conv2d(x, w, padding=p)
 
-    mat = _dense_matrix(conv, (c_in, n, n))
+    mat = dense_matrix(conv, (c_in, n, n))
     exact = float(torch.linalg.matrix_norm(mat, ord=2))
     assert exact <= 1.0 + 1e-12
     assert exact > 0.3  # a real operator, not a degenerate one
@@ -82,7 +53,7 @@ def test_rescaled_conv_operator_norm_is_at_most_one_exactly(case):
         wf = torch.fft.fft2(w, s=(n, n)).permute(2, 3, 0, 1)
         assert float(torch.linalg.matrix_norm(wf, ord=2).max()) == pytest.approx(exact, rel=1e-9)
     # the unscaled kernel is not 1-Lipschitz: the rescaling is doing the work
-    raw = _dense_matrix(lambda x: F.conv2d(x, layer.weight.detach(), padding=p), (c_in, n, n))
+    raw = dense_matrix(lambda x: F.conv2d(x, layer.weight.detach(), padding=p), (c_in, n, n))
     assert float(torch.linalg.matrix_norm(raw, ord=2)) > 1.0 + 1e-3
 
 
@@ -130,12 +101,12 @@ def test_realised_bound_sees_a_wrong_rescaling():
 
 
 @pytest.mark.parametrize("case", CONV_CASES[:3])
-def test_bound_is_above_jacobian_power_iteration(case):
+def test_bound_is_abovejacobian_power_iteration(case):
     c_in, c_out, k, mode, n = case
     torch.manual_seed(4)
-    layer = _perturb(AOLConv2d(c_in, c_out, k, padding_mode=mode, init="kaiming").double(), 0.1, 4)
+    layer = add_noise(AOLConv2d(c_in, c_out, k, padding_mode=mode, init="kaiming").double(), 0.1, 4)
     x = torch.randn(1, c_in, n, n, dtype=torch.float64)
-    sigma = _jacobian_power_iteration(layer, x, 50, seed=5)
+    sigma = jacobian_power_iteration(layer, x, 50, seed=5)
     bound = layer.lipschitz_bound()
     assert 0.3 < sigma <= bound * (1 + 1e-9)
     assert bound <= 1.0 + 1e-9
@@ -143,8 +114,8 @@ def test_bound_is_above_jacobian_power_iteration(case):
 
 def test_float32_bound_is_one_up_to_float_error():
     torch.manual_seed(5)
-    conv = _perturb(AOLConv2d(8, 8, 3), 0.3, 6)
-    dense = _perturb(AOLLinear(20, 20), 0.3, 7)
+    conv = add_noise(AOLConv2d(8, 8, 3), 0.3, 6)
+    dense = add_noise(AOLLinear(20, 20), 0.3, 7)
     for layer in (conv, dense):
         b = layer.lipschitz_bound()
         assert 0.5 < b <= 1.0 + 1e-5
@@ -169,7 +140,7 @@ def test_eval_cache_reused_and_invalidated_by_in_place_updates():
 
 def test_training_gradients_and_bf16_autocast_channels_last():
     torch.manual_seed(6)
-    layer = _perturb(AOLConv2d(8, 8, 3), 0.1, 8).train()
+    layer = add_noise(AOLConv2d(8, 8, 3), 0.1, 8).train()
     x = torch.rand(4, 8, 8, 8).to(memory_format=torch.channels_last)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = layer(x)
@@ -193,9 +164,7 @@ def test_dirac_init_is_the_identity_map():
 
 # --------------------------------------------------------------------------------------------- the models
 def _random_model(arch: str, seed: int = 0, dtype=torch.float32, **kwargs):
-    torch.manual_seed(seed)
-    m = lipzoo.create_model(arch, **kwargs).to(dtype).eval()
-    return _perturb(m, 0.05, seed)
+    return random_model(arch, 0.05, seed, dtype, **kwargs)
 
 
 def test_registry_and_sizes():
@@ -219,12 +188,12 @@ def test_xs_builds_for_10_and_100_classes(num_classes):
     assert out.shape == (2, num_classes)
 
 
-def test_model_bound_above_jacobian_power_iteration():
+def test_model_bound_abovejacobian_power_iteration():
     m = _random_model("aol_xs", seed=1, dtype=torch.float64)
     bound = m.lipschitz_bound()
     assert 0.99 < bound <= 1.0 + 1e-6
     x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
-    sigma = _jacobian_power_iteration(m, x, 15, seed=2)
+    sigma = jacobian_power_iteration(m, x, 15, seed=2)
     assert 0 < sigma <= bound * (1 + 1e-9)
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import lipzoo
 from lipzoo.layers.bcop import BCOPConv2d, BjorckLinear, bjorck_orthonormalize
 from lipzoo.models.bcop import BCOPKWLarge
-from _orthoconv import dense_operator, jacobian_norm_estimate, perturb
+from _orthoconv import check_certifies_random_images, dense_operator, jacobian_norm_estimate, perturb
 
 # (c_in, c_out, kernel, stride, H, W)
 CONV_CASES = [
@@ -176,16 +176,7 @@ def test_model_bound_is_product_of_exact_norms_and_float64_certifies():
 
 
 def test_create_model_certifies_random_images():
-    torch.manual_seed(0)
-    model = lipzoo.create_model("bcop_xs")
-    assert model.family == "bcop" and model.head_rule == "lipschitz"
-    assert 1e6 <= sum(p.numel() for p in model.parameters()) <= 3e6
-    images = torch.rand(16, 3, 32, 32)
-    labels = torch.randint(0, 10, (16,))
-    res = lipzoo.certify(model, images, labels)
-    assert res.n == 16 and 0.5 < res.lipschitz_bound <= 1 + 1e-4
-    assert (res.radii >= 0).all() and torch.isfinite(res.radii).all()
-    assert torch.equal(res.correct, res.predictions == labels)
+    check_certifies_random_images("bcop_xs", 16, min_bound=0.5)
 
 
 @pytest.mark.parametrize("name", ["bcop_xs", "bcop_kwlarge"])

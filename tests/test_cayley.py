@@ -7,7 +7,7 @@ import torch
 import lipzoo
 from lipzoo.layers.cayley import CayleyConv2d, CayleyLinear
 from lipzoo.models.cayley import CayleyKWLarge
-from _orthoconv import dense_operator, jacobian_norm_estimate, perturb
+from _orthoconv import check_certifies_random_images, dense_operator, jacobian_norm_estimate, perturb
 
 # (c_in, c_out, kernel, stride, H, W): tall, square, wide, strided, 1x1, 5x5, odd and rectangular grids
 CONV_CASES = [
@@ -161,16 +161,7 @@ def test_model_bound_dominates_jacobian_and_float64_certifies():
 
 
 def test_create_model_certifies_random_images():
-    torch.manual_seed(0)
-    model = lipzoo.create_model("cayley_xs")
-    assert model.family == "cayley" and model.head_rule == "lipschitz"
-    assert 1e6 <= sum(p.numel() for p in model.parameters()) <= 3e6
-    images = torch.rand(32, 3, 32, 32)
-    labels = torch.randint(0, 10, (32,))
-    res = lipzoo.certify(model, images, labels)
-    assert res.n == 32 and 1.0 <= res.lipschitz_bound <= 1 + 1e-4
-    assert (res.radii >= 0).all() and torch.isfinite(res.radii).all()
-    assert torch.equal(res.correct, res.predictions == labels)
+    check_certifies_random_images("cayley_xs", 32, min_bound=1.0)
 
 
 @pytest.mark.parametrize("name", ["cayley_xs", "cayley_kwlarge"])

@@ -3,49 +3,21 @@ never from a power-iteration estimate (which converges from below and can make t
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import lipzoo
+from _orthoconv import add_noise, dense_matrix, jacobian_power_iteration, random_model
 from lipzoo.layers.cpl import CPLConv2d, CPLLinear, conv_norm_upper, power_iteration_norm
 
 torch.set_num_threads(1)
 
 
-def _perturb(module: torch.nn.Module, scale: float, seed: int) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
-
-
-def _dense_matrix(fn, in_shape: tuple[int, ...]) -> torch.Tensor:
-    n = math.prod(in_shape)
-    eye = torch.eye(n, dtype=torch.float64).view(n, *in_shape)
-    with torch.no_grad():
-        return fn(eye).reshape(n, -1).T
-
-
 def _jacobian(f, x: torch.Tensor) -> torch.Tensor:
     j = torch.autograd.functional.jacobian(f, x)
     return j.reshape(x.numel(), x.numel())
-
-
-def _jacobian_power_iteration(f, x: torch.Tensor, iters: int, seed: int) -> float:
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-    v = v / v.norm()
-    sigma = 0.0
-    for _ in range(iters):
-        _, jv = torch.func.jvp(f, (x,), (v,))
-        _, vjp = torch.func.vjp(f, x)
-        (jtjv,) = vjp(jv)
-        sigma = float(jv.norm())
-        v = jtjv / jtjv.norm()
-    return sigma
 
 
 # ------------------------------------------------------------------------------------- proven norm bounds
@@ -57,12 +29,12 @@ def test_conv_norm_upper_bounds_the_explicit_zero_padded_matrix(case):
     h, w = (size, size) if isinstance(size, int) else size
     torch.manual_seed(0)
     kernel = torch.randn(c_out, c_in, k, k, dtype=torch.float64)
-    zero_padded = _dense_matrix(lambda x: F.conv2d(x, kernel, padding=k // 2), (c_in, h, w))
+    zero_padded = dense_matrix(lambda x: F.conv2d(x, kernel, padding=k // 2), (c_in, h, w))
     exact = float(torch.linalg.matrix_norm(zero_padded, ord=2))
     bound = conv_norm_upper(kernel, (h, w))
     assert exact <= bound
     r = k // 2
-    circ = _dense_matrix(lambda x: F.conv2d(F.pad(x, (r, r, r, r), mode="circular") if r else x, kernel),
+    circ = dense_matrix(lambda x: F.conv2d(F.pad(x, (r, r, r, r), mode="circular") if r else x, kernel),
                          (c_in, h + r, w + r))
     assert bound == pytest.approx(float(torch.linalg.matrix_norm(circ, ord=2)), rel=1e-9)
     if k == 1:  # no padding at all: the bound is the exact norm
@@ -117,7 +89,7 @@ def test_conv_power_iteration_underestimates_but_the_conv_layer_stays_1_lipschit
     kernel = layer.kernel.detach()
     op = lambda x: F.conv2d(x.view(1, c, n, n), kernel, padding=1).flatten()  # noqa: E731
     adj = lambda y: F.conv_transpose2d(y.view(1, c, n, n), kernel, padding=1).flatten()  # noqa: E731
-    a = _dense_matrix(lambda x: F.conv2d(x, kernel, padding=1), (c, n, n))
+    a = dense_matrix(lambda x: F.conv2d(x, kernel, padding=1), (c, n, n))
     _, s, vh = torch.linalg.svd(a)
     assert float(s[1]) < 0.999 * float(s[0])
     x0 = vh[1] + 1e-6 * vh[0]  # start almost orthogonal to the top singular vector
@@ -145,12 +117,12 @@ def test_conv_power_iteration_underestimates_but_the_conv_layer_stays_1_lipschit
 ])
 def test_bound_above_jacobian_power_iteration_on_random_inputs(layer_fn, shape):
     torch.manual_seed(2)
-    layer = _perturb(layer_fn(), 0.2, 3).double().eval()
+    layer = add_noise(layer_fn(), 0.2, 3).double().eval()
     bound = layer.lipschitz_bound()
     assert bound == 1.0
     for seed in range(3):
         x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-        sigma = _jacobian_power_iteration(layer, x, 40, seed=seed)
+        sigma = jacobian_power_iteration(layer, x, 40, seed=seed)
         assert 0.0 < sigma <= bound * (1 + 1e-9)
     # pairs: ||f(x) - f(y)|| <= ||x - y||
     g = torch.Generator().manual_seed(7)
@@ -208,9 +180,7 @@ def test_eval_cache_is_invalidated_by_in_place_updates():
 
 # ----------------------------------------------------------------------------------------------- the models
 def _random_model(arch: str, seed: int = 0, dtype=torch.float32, **kwargs):
-    torch.manual_seed(seed)
-    m = lipzoo.create_model(arch, **kwargs).to(dtype).eval()
-    return _perturb(m, 0.02, seed)
+    return random_model(arch, 0.02, seed, dtype, **kwargs)
 
 
 def test_registry_and_sizes():
@@ -232,15 +202,15 @@ def test_xs_builds_for_10_and_100_classes(num_classes):
     assert m(torch.rand(2, 3, 32, 32)).shape == (2, num_classes)
 
 
-def test_model_bound_above_jacobian_power_iteration():
+def test_model_bound_abovejacobian_power_iteration():
     m = _random_model("cpl_xs", seed=1, dtype=torch.float64, head="trunc")
     bound = m.lipschitz_bound()
     assert bound == 1.0
     x = torch.rand(1, 3, 32, 32, dtype=torch.float64)
-    sigma = _jacobian_power_iteration(m, x, 10, seed=2)
+    sigma = jacobian_power_iteration(m, x, 10, seed=2)
     assert 0 < sigma <= bound * (1 + 1e-9)
     body = lambda v: m.forward_features(v)  # noqa: E731  (the LLN model's certified part)
-    sigma_body = _jacobian_power_iteration(body, x, 10, seed=3)
+    sigma_body = jacobian_power_iteration(body, x, 10, seed=3)
     assert 0 < sigma_body <= 1.0 + 1e-9
 
 

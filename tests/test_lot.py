@@ -16,6 +16,7 @@ from lipzoo.layers.lot import LOTConv2d, LOTLinear, fft_shift, lot_orthogonalize
 from lipzoo.models._registry import ARCHS
 from lipzoo.models.lot import LOTLipConvNet
 from _fixtures import load_reference_case
+from _orthoconv import jacobian_power_iteration
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference" / "lot"
 CASES = sorted(p.stem for p in FIXTURES.glob("*.json")) if FIXTURES.is_dir() else []
@@ -144,26 +145,13 @@ def test_bound_holds_for_random_and_optimised_pairs(case, seed):
     assert float(ratio.max()) <= bound * (1 + 1e-6)
 
 
-def _jacobian_power_iteration(f, x: torch.Tensor, iters: int, seed: int) -> float:
-    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
-    v = v / v.norm()
-    sigma = 0.0
-    for _ in range(iters):
-        _, jv = torch.func.jvp(f, (x,), (v,))
-        _, vjp = torch.func.vjp(f, x)
-        (jtjv,) = vjp(jv)
-        sigma = float(jv.norm())
-        v = jtjv / jtjv.norm()
-    return sigma
-
-
 @pytest.mark.parametrize("case", LAYER_CASES)
 def test_jacobian_power_iteration_never_exceeds_bound(case):
     c_in, c_out, k, stride, size, perturb = case
     layer = _random_layer(*case, seed=3)
     bound = layer.lipschitz_bound()
     x = torch.randn(1, c_in, *size, dtype=torch.float64)
-    sigma = _jacobian_power_iteration(layer, x, 60, seed=4)
+    sigma = jacobian_power_iteration(layer, x, 60, seed=4)
     assert sigma <= bound * (1 + 1e-6)
     if k == 1:  # no padding: the bound is the operator norm, the power iteration gets close to it
         assert sigma >= bound * (1 - 1e-3)
