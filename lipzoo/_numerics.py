@@ -8,8 +8,9 @@
   be trusted for a proof).
 * :func:`float_rounding_slack` — the relative rounding error of a dot product in a given dtype.
 * :func:`spectral_norm_bound` — a proven upper bound of ``||M||_2`` (dense, batched, complex), from the Gram matrix;
-  :func:`svd_norm_bound` — the same from a float64 SVD with a relative error allowance (the layers that always
-  used one keep their published bounds bit for bit).
+  :func:`spectral_norm_upper` — the same for one real matrix with the SOC/CPL slack, and :func:`svd_norm_bound`
+  — from a float64 SVD with a relative error allowance (LOT, Sandwich): the layers keep their published bounds bit
+  for bit.
 * :func:`autocast_off`, :func:`parametrization_dtype` and :func:`promoted` — every layer computes its
   parametrisation in float32 (float64 for float64 weights) with autocast off, even while the network trains under
   autocast.
@@ -28,7 +29,8 @@ import torch
 
 __all__ = [
     "autocast_off", "cache_scope", "certification_context", "current_cache_scope", "float_rounding_slack",
-    "parametrization_dtype", "precision_guard", "spectral_norm_bound", "svd_norm_bound", "activation_dtype", "promoted",
+    "parametrization_dtype", "precision_guard", "spectral_norm_bound", "spectral_norm_upper", "svd_norm_bound",
+    "activation_dtype", "promoted",
     "LAPACK_SVD_SLACK",
 ]
 
@@ -89,6 +91,22 @@ def svd_norm_bound(M: torch.Tensor, rel_slack: float | None = None) -> float:
     s = float(torch.linalg.matrix_norm(M.detach().to(torch.complex128 if M.is_complex() else torch.float64),
                                        ord=2).amax())
     return s * (1.0 + rel_slack)
+
+
+def spectral_norm_upper(m: torch.Tensor) -> float:
+    """Proven upper bound of ``||m||_2`` of one real matrix (float64): ``sqrt(lambda_max(G))`` for the Gram matrix
+    ``G`` of the smaller side, plus rounding slack: forming G errs by at most ``gamma_inner ||m||_F^2`` and
+    ``eigvalsh`` is backward stable (error <= ``p(n) u ||G||``; we allow ``p(n) = 10 n``).
+
+    The SOC (Fantastic Four) and CPL layers' bound. It differs from :func:`spectral_norm_bound` only in how the
+    slack is counted; the published SOC checkpoints' bounds rest on it bit for bit, so it stays as it is."""
+    m = m.detach().double()
+    g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
+    lam = float(torch.linalg.eigvalsh(g)[-1])
+    n, inner, u = g.shape[0], max(m.shape), 2.0 ** -53
+    fro2 = float((m * m).sum())
+    slack = 1.01 * ((inner + 2) * u * fro2 + 10 * n * u * max(abs(lam), fro2))
+    return math.sqrt(max(lam, 0.0) + slack)
 
 
 def activation_dtype(x: torch.Tensor, param_dtype: torch.dtype) -> torch.dtype:

@@ -12,7 +12,7 @@ smaller than ``||W||_2`` and the layer then is not 1-Lipschitz. lipzoo never use
 
 * dense (:class:`CPLLinear`): ``s`` is the largest eigenvalue of the smaller Gram matrix of ``W``, computed with
   ``eigvalsh``; for eval and every bound it is computed in float64 plus a rounding slack that makes it a proven
-  upper bound (:func:`lipzoo.layers.soc.spectral_norm_upper`);
+  upper bound (:func:`lipzoo._numerics.spectral_norm_upper`);
 * conv (:class:`CPLConv2d`, zero "same" padding, stride 1, ``conv_transpose2d`` as the exact adjoint): on an
   input of spatial size ``(H, W)`` the zero-padded convolution is a compression of the *circular* convolution on
   the grid ``(H + r, W + r)``, ``r = k // 2`` (the ``r`` zero rows/columns absorb every wrap-around), whose norm
@@ -36,9 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off, float_rounding_slack, parametrization_dtype
+from .._numerics import autocast_off, float_rounding_slack, parametrization_dtype, spectral_norm_upper
 from .base import LipschitzModule, ParametrizationCache
-from .soc import spectral_norm_upper
 
 __all__ = ["CPLConv2d", "CPLLinear", "conv_norm_upper", "conv_frequency_sq_norms", "power_iteration_norm"]
 

@@ -39,13 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off, parametrization_dtype
+from .._numerics import LAPACK_SVD_SLACK, autocast_off, parametrization_dtype, svd_norm_bound
 from .base import LipschitzModule, ParametrizationCache
 
 __all__ = ["lot_orthogonalize", "fft_shift", "LOTConv2d", "LOTLinear"]
 
-# relative slack on a float64 SVD's largest singular value (LAPACK: |err| <= p(n) eps_64 sigma_max)
-_SVD_SLACK = 1e-12
 Size2 = tuple[int, int]
 
 
@@ -333,9 +331,7 @@ class LOTConv2d(LipschitzModule):
         return self._bound_cache.get(lambda: self._spectral_bound(size), extra=(size, self._last_dtype))
 
     def _spectral_bound(self, size: Size2 | None) -> float:
-        w = self.realised_weights(size)
-        w64 = w.to(torch.complex128 if w.is_complex() else torch.float64)
-        return float(torch.linalg.matrix_norm(w64, ord=2).max()) * (1.0 + _SVD_SLACK)
+        return svd_norm_bound(self.realised_weights(size), LAPACK_SVD_SLACK)
 
     def extra_repr(self) -> str:
         s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -49,8 +49,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import activation_dtype, autocast_off, parametrization_dtype
-from .base import LipschitzModule, ParametrizationCache, float_rounding_slack
+from .._numerics import activation_dtype, autocast_off, float_rounding_slack, parametrization_dtype, svd_norm_bound
+from .base import LipschitzModule, ParametrizationCache
 from .shapes import PixelUnshuffle
 
 __all__ = [
@@ -115,13 +115,6 @@ def sandwich_bound(M1: torch.Tensor, M2: torch.Tensor) -> float:
     slack = m * float_rounding_slack(k + 2, torch.float64) * (1.0 + enorm) + 4 * m * u64 * enorm
     e = max(lmax, 0.0) + slack
     return math.sqrt(1.0 + 4.0 * e * (1.0 + e))
-
-
-@torch.no_grad()
-def _spectral_norm_bound(M: torch.Tensor) -> float:
-    """Largest singular value of ``M`` in float64 (max over a leading batch), with a margin for SVD rounding."""
-    s = float(torch.linalg.matrix_norm(M.to(torch.complex128 if M.is_complex() else torch.float64), ord=2).amax())
-    return s * (1.0 + float_rounding_slack(4 * max(M.shape[-2:]), torch.float64))
 
 
 class _SandwichMatrix(LipschitzModule):
@@ -232,7 +225,7 @@ class SandwichLin(_SandwichMatrix):
 
     @torch.no_grad()
     def lipschitz_bound(self) -> float:
-        return abs(self.scale) * _spectral_norm_bound(self.matrix())
+        return abs(self.scale) * svd_norm_bound(self.matrix())
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", AB=True" if self.AB else "")

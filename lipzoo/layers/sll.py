@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off
+from .._numerics import autocast_off, promoted
 from .base import LipschitzModule, ParametrizationCache
 
 __all__ = ["SLLConv2d", "SLLLinear"]
@@ -42,10 +42,6 @@ def _safe_inv(x: torch.Tensor) -> torch.Tensor:
     """1/x, and 0 where x == 0 (a zero row of W gives a zero rescaling: the layer is then the identity there)."""
     inv = 1.0 / x
     return torch.where(torch.isinf(inv), torch.zeros_like(inv), inv)
-
-
-def _float32_params(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors]
 
 
 def _bound_from_rescaling(t_used: torch.Tensor, t_exact: torch.Tensor) -> float:
@@ -99,7 +95,7 @@ class SLLConv2d(LipschitzModule):
     def rescaling(self) -> torch.Tensor:
         """``t`` of the forward pass (float32 or float64, never lower precision)."""
         with autocast_off(self.kernel.device):
-            kernel, q = _float32_params(self.kernel, self.q)
+            kernel, q = promoted(self.kernel), promoted(self.q)
             q = None if self.q_mode == "exp" else q.abs()
             return _safe_inv(self._ktk_abs_rowsum(kernel, q))
 
@@ -155,7 +151,7 @@ class SLLLinear(LipschitzModule):
 
     def rescaling(self) -> torch.Tensor:
         with autocast_off(self.weight.device):
-            weight, q = _float32_params(self.weight, self.q)
+            weight, q = promoted(self.weight), promoted(self.q)
             if self.q_mode == "exp":
                 # the authors compute |exp(-q_i) (WW^T)_ij exp(q_j)|
                 wwt = weight @ weight.T

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._numerics import autocast_off
+from .._numerics import autocast_off, promoted, spectral_norm_upper
 from .base import LipschitzModule, ParametrizationCache
 from .shapes import ChannelPad, FirstChannels, PixelUnshuffle
 
@@ -122,24 +122,12 @@ def _conv_exp(x: torch.Tensor, kernel: torch.Tensor, order: int, horner: bool, p
     return z
 
 
-def spectral_norm_upper(m: torch.Tensor) -> float:
-    """Proven upper bound of ``||m||_2`` (float64): ``sqrt(lambda_max(G))`` for the Gram matrix ``G`` of the
-    smaller side, plus rounding slack: forming G errs by at most ``gamma_inner ||m||_F^2`` and ``eigvalsh`` is
-    backward stable (error <= ``p(n) u ||G||``; we allow ``p(n) = 10 n``)."""
-    m = m.detach().double()
-    g = m @ m.T if m.shape[0] <= m.shape[1] else m.T @ m
-    lam = float(torch.linalg.eigvalsh(g)[-1])
-    n, inner, u = g.shape[0], max(m.shape), 2.0 ** -53
-    fro2 = float((m * m).sum())
-    slack = 1.01 * ((inner + 2) * u * fro2 + 10 * n * u * max(abs(lam), fro2))
-    return math.sqrt(max(lam, 0.0) + slack)
-
-
 def fantastic_four_norm_bound(kernel: torch.Tensor) -> float:
     """Proven upper bound of the l2 operator norm of ``conv2d(., kernel)`` with zero padding, any input size.
 
     ``sqrt(kh kw) * min_i ||M_i||_2`` over the four reshapes (Singla & Feizi, "Fantastic Four", Thm 1; zero
-    padding is a compression of a circular convolution), each norm bounded by :func:`spectral_norm_upper`.
+    padding is a compression of a circular convolution), each norm bounded by
+    :func:`~lipzoo._numerics.spectral_norm_upper`.
     For an exactly skew kernel ``||M_2|| = ||M_1||`` and ``||M_4|| = ||M_3||`` (a sign and a permutation), and for
     k = 1 all four are the same matrix up to transposition, so fewer norms are computed.
     """
@@ -257,8 +245,7 @@ class SOCConv2d(LipschitzModule):
         return [(getattr(self, f"u{i}"), getattr(self, f"v{i}")) for i in range(1, 5)]
 
     def _param_for_math(self) -> torch.Tensor:
-        w = self.weight
-        return w.float() if w.dtype in (torch.float16, torch.bfloat16) else w
+        return promoted(self.weight)
 
     @torch.no_grad()
     def power_iteration(self, iters: int) -> None:
