@@ -98,3 +98,25 @@ def test_measured_training_is_the_benchmark_record():
         assert math.isclose(info["epoch_minutes"], round(row["epoch_seconds"] / 60, 2))
     measured = {a for a in ARCHS if ARCHS[a].measured_training}
     assert measured == {row["model"] for row in rows}
+
+
+def test_shared_pieces_serve_every_family():
+    """One activation factory and one LipConvNet skeleton: SOC's ICML'21 net and LOT's LipConvNet have the same
+    conv shapes, strides and activations at every block."""
+    from lipzoo.layers.activations import HouseHolder, HouseHolder2, MaxMin, create_activation
+    from lipzoo.layers.lot import LOTConv2d
+    from lipzoo.layers.soc import SOCConv2d
+
+    assert isinstance(create_activation("maxmin", 4), MaxMin)
+    hh2 = create_activation("hh2", 4, "adjacent")
+    assert isinstance(hh2, HouseHolder2) and hh2.pairing == "adjacent"
+    assert isinstance(create_activation("hh1", 4), HouseHolder)
+    with pytest.raises(ValueError, match="activation must be one of"):
+        create_activation("relu", 4)
+
+    def convs(model, cls):
+        return [(m.in_channels, m.out_channels, m.kernel_size, m.stride) for m in model.modules() if isinstance(m, cls)]
+
+    soc = lipzoo.create_model("soc_lipconvnet10", init_channels=8, head="lln")
+    lot = lipzoo.create_model("lot_lipconvnet10", init_channels=8, lln=True)
+    assert convs(soc, SOCConv2d) == convs(lot, LOTConv2d) and len(convs(soc, SOCConv2d)) == 10
