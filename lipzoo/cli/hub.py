@@ -47,6 +47,11 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help()
+    return 2
+
+
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     from ..hub.server import DEFAULT_PORT, TOKEN_ENV  # no torch: the parser stays cheap
 
@@ -68,7 +73,7 @@ def register(sub) -> None:
                                            "finds it).")
     _add_serve_arguments(serve)
     serve.set_defaults(func=_serve)
-    hub.set_defaults(func=lambda a: (hub.print_help(), 2)[1])
+    hub.set_defaults(func=lambda args: _usage(hub))  # `lipzoo hub` alone: its help, exit code 2
 
     p = sub.add_parser("publish", help="certify a checkpoint on the test set and publish it as lipzoo/ARCH.TAG",
                        description="Certify CHECKPOINT on the full test set, write hub/<org>/<name>/ (model.safetensors, "
