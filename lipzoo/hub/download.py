@@ -488,6 +488,17 @@ def _verify_claims(model: nn.Module, claims: Mapping[str, Any] | None, verify: b
             f"from the cache and not loaded as trusted.\n\n{_report_text(report)}", report)
 
 
+def _entry_at(entry: Mapping[str, Any] | None, revision: str | None) -> Mapping[str, Any] | None:
+    """The manifest's record of the weights at ``revision``: a revision published before (``entry['previous']``,
+    written by ``lipzoo publish``) is checked against its own sha256 and its own card's claims; any other revision
+    against the entry's pin."""
+    for old in (entry or {}).get("previous") or []:
+        if revision and revision in (old.get("revision"), old.get("hub_revision")):
+            return {**entry, "revision": old.get("revision"), "hub_revision": old.get("hub_revision"),
+                    "sha256": old.get("sha256"), "claims": None}
+    return entry
+
+
 def _load_downloaded(model: nn.Module, cfg_path: str, weights_path: str, repo_id: str, revision: str | None,
                      model_id: str | None, entry: Mapping[str, Any] | None, verify: bool | str | None) -> None:
     """Every check of a downloaded repo, then the weights into ``model``, then verification; raises on refusal
@@ -496,6 +507,7 @@ def _load_downloaded(model: nn.Module, cfg_path: str, weights_path: str, repo_id
     data, sha = _read_weights(weights_path, repo_id)
     config = _read_config(cfg_path, repo_id)
     block = config.get("lipzoo") or {}
+    entry = _entry_at(entry, revision)
     _check_sha256(sha, len(data), block, entry, model_id, where)
     _check_architecture(config, model, where)
     _load_weights(model, data, where)

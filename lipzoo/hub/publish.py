@@ -285,6 +285,10 @@ def publish(
     command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
     command += (" --quick" + (f" --quick-n {quick_n}" if quick_n else "")) if quick else ""
     provenance = _provenance(command, run_dir, record, repo_url, hardware)
+    try:
+        replaced = _manifest.read(registry).get(model_id)  # the entry this publish replaces
+    except _manifest.ManifestError as e:
+        raise PublishError(f"{e} before publishing") from e
 
     def fill(staging: Path) -> str:
         from safetensors.torch import save_file
@@ -296,6 +300,7 @@ def publish(
                                 title=f"{model_id}: {DATASET_NAMES[dataset]} test, n={claims['n']}")
         write_config_and_card(staging, model, repo_id=repo_id, arch=arch, tag=tag, claims=claims, sha256=sha,
                               provenance=provenance, license=license)
+        keep_replaced_revision(hub_root / repo_id, staging, repo_id, (replaced or {}).get("revision"), messages)
         return sha
 
     folder, sha, revision = _build_repo(hub_root, repo_id, fill, messages)
@@ -303,7 +308,7 @@ def publish(
     # 4. upload, then record (the hub folder is the offline truth even when the upload fails)
     out = PublishResult(model_id, repo_id, folder, sha, claims, revision, messages=messages)
     entry = {"hf_hub_id": repo_id, "revision": revision, "sha256": sha, "num_classes": NUM_CLASSES[dataset],
-             "dataset": dataset, "claims": claims}
+             "dataset": dataset, "claims": claims, **previous_revisions(replaced, revision)}
     return _upload_and_record(out, entry, hub_root, registry, upload=upload, endpoint=endpoint, token=token)
 
 
@@ -428,6 +433,36 @@ def _run_log(run_dir: Path | None) -> list[dict[str, Any]]:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError:
         return []
+
+
+def keep_replaced_revision(folder: Path, staging: Path, repo_id: str, old_revision: str | None,
+                           messages: list[str]) -> None:
+    """Carry the kept revisions of the repo ``folder`` into ``staging`` and keep the revision ``staging`` replaces
+    (all its files, weights included), so that revisions pinned before stay servable after every restart of the
+    local hub (:mod:`lipzoo.hub.history`)."""
+    from .history import keep_revision
+
+    if not folder.is_dir():
+        return
+    if (folder / HISTORY).is_dir() and not (staging / HISTORY).exists():
+        shutil.copytree(folder / HISTORY, staging / HISTORY)
+    if old_revision and snapshot_revision(staging, repo_id) != old_revision:
+        if not keep_revision(folder, repo_id, old_revision, into=staging):
+            messages.append(f"{folder} is not at the pinned revision {old_revision}: that revision is not kept")
+
+
+def previous_revisions(replaced: Mapping[str, Any] | None, revision: str | None) -> dict[str, Any]:
+    """``{'previous': [...]}`` for the manifest entry that replaces ``replaced``: the revisions published before,
+    newest first, each with the sha256 of its weights, so that ``load_pretrained(..., revision=<old>)`` checks the
+    old weights against their own pin (``{}`` when there are none)."""
+    replaced = replaced or {}
+    kept = [dict(p) for p in replaced.get("previous") or []]
+    old = replaced.get("revision")
+    if old and old != revision and replaced.get("sha256"):
+        kept.insert(0, {k: replaced[k] for k in ("revision", "hub_revision", "sha256") if replaced.get(k)})
+    kept = [p for i, p in enumerate(kept) if p.get("revision") != revision
+            and p.get("revision") not in [q.get("revision") for q in kept[:i]]]
+    return {"previous": kept} if kept else {}
 
 
 def _build_repo(hub_root: Path, repo_id: str, fill, messages: list[str]) -> tuple[Path, str, str | None]:
