@@ -32,7 +32,8 @@ from ._numerics import certification_context
 
 __all__ = [
     "DEFAULT_ATTACK_EPS", "ATTACK_N", "TORCHATTACKS_REQUIREMENT", "AttackResult", "RobustnessCheck",
-    "robust_accuracy", "check_robustness", "check_record", "require_torchattacks",
+    "robust_accuracy", "check_robustness", "check_record", "require_torchattacks", "attack_record",
+    "attack_dataset",
 ]
 
 DEFAULT_ATTACK_EPS: tuple[float, ...] = (36 / 255, 0.5)
@@ -282,3 +283,27 @@ def check_record(record: Mapping[str, Any], certified: Mapping[str, float] | Non
     return RobustnessCheck(int(record["n"]), float(record["clean_accuracy"]),
                            {k: float(v) for k, v in cert.items() if k in robust}, robust,
                            {k: broken.get(k) for k in robust})
+
+
+def attack_record(model: nn.Module, images: torch.Tensor, labels: torch.Tensor | Sequence[int],
+                  eps: float | Sequence[float] = DEFAULT_ATTACK_EPS, **attack_kwargs: Any) -> dict[str, Any]:
+    """AutoAttack and the certificate on the same images as one JSON record (what cards, ``lipzoo verify
+    --attack`` and ``results/autoattack/`` store): :meth:`AttackResult.to_record` plus ``certified_accuracy`` on
+    these images, ``broken`` (certified samples the attack broke) and ``passed`` (certified <= robust <= clean)."""
+    check, result = check_robustness(model, images, labels, eps=eps, **attack_kwargs)
+    return {**result.to_record(), "certified_accuracy": check.certified, "broken": check.broken,
+            "passed": check.passed}
+
+
+def attack_dataset(model: nn.Module, dataset: str = "cifar10", n: int = ATTACK_N,
+                   eps: float | Sequence[float] = DEFAULT_ATTACK_EPS, *, root: Any = None, split: str = "test",
+                   **attack_kwargs: Any) -> dict[str, Any]:
+    """:func:`attack_record` on the first ``n`` images of a CIFAR split (RobustBench: the first 1,000 test
+    images), with ``dataset``, ``split`` and ``subset`` (``'first_<n>'``) in the record. This is what ``lipzoo
+    publish`` stores on the card and ``lipzoo verify --attack`` re-runs."""
+    from .data import CIFAR
+
+    images, labels = CIFAR(dataset, split, root=root).tensors()
+    images, labels = images[:n], labels[:n]
+    return {"dataset": dataset, "split": split, "subset": f"first_{len(labels)}",
+            **attack_record(model, images, labels, eps, **attack_kwargs)}
