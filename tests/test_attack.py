@@ -179,3 +179,37 @@ def test_cards_robust_accuracy_holds_the_ordering(card):
         {record["eps"][k]: 100 * v for k, v in record["robust_accuracy"].items()}, abs=0.006)
     check = check_record(record)
     assert check.passed, (card.parent.name, check.failures())
+
+
+# ------------------------------------------------------------------------------------------ lipzoo verify --attack
+from test_cli import _assert_user_error, _cli, fake_verify  # noqa: E402,F401  (the fixture: no download, no certify)
+
+
+def _fake_record(broken: int) -> dict:
+    return {"version": "standard", "torchattacks_version": "3.5.1", "n": 7, "clean_accuracy": 0.7,
+            "robust_accuracy": {"0.5": 0.4}, "certified_accuracy": {"0.5": 0.3}, "broken": {"0.5": broken},
+            "seconds": {"0.5": 12.0}, "passed": not broken}
+
+
+@pytest.mark.parametrize("broken", [0, 2])
+def test_verify_attack_runs_autoattack_after_verification(capsys, fake_verify, monkeypatch, tmp_path, broken):
+    pytest.importorskip("torchattacks")
+    import lipzoo.attack as attack
+
+    calls = []
+    monkeypatch.setattr(attack, "attack_dataset", lambda model, dataset, n, eps, **kw: calls.append(
+        (dataset, n, list(eps))) or _fake_record(broken))
+    out_json = tmp_path / "attack.json"
+    rc, out, err = _cli(capsys, "verify", "sll_xs.cifar10", "--quick", "--attack", "--attack-n", "7",
+                        "--attack-eps", "0.5", "--attack-json", str(out_json))
+    assert calls == [("cifar10", 7, [0.5])] and fake_verify["claims"]
+    assert rc == (1 if broken else 0), err
+    assert ("FAILED (a broken certificate)" if broken else "PASSED") in out and "40.00%" in out
+    assert json.loads(out_json.read_text())["broken"] == {"0.5": broken}
+
+
+def test_verify_attack_without_torchattacks_is_one_line_before_verifying(capsys, fake_verify, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchattacks", None)
+    rc, _, err = _cli(capsys, "verify", "sll_xs.cifar10", "--quick", "--attack")
+    _assert_user_error(rc, err, "torchattacks==3.5.1")
+    assert "claims" not in fake_verify

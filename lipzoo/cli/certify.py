@@ -204,6 +204,10 @@ def _verify(args: argparse.Namespace) -> int:
         return verify_against_paper(args)
     refuse_without_against(args)
     _weights_source(args)
+    if args.attack:
+        from ..attack import require_torchattacks
+
+        require_torchattacks()  # before the long verification
     claims = _read_claims(args.claims) if args.claims else _published_claims(args)
     _setup(args)
     dataset = args.dataset or claims.get("dataset", "cifar10")
@@ -218,7 +222,29 @@ def _verify(args: argparse.Namespace) -> int:
     if args.json:
         report.to_json(args.json)
         print(f"wrote {args.json}")
-    return 0 if report.passed else 1
+    rc = 0 if report.passed else 1
+    return max(rc, _attack(args, model, dataset)) if args.attack else rc
+
+
+def _attack(args: argparse.Namespace, model, dataset: str) -> int:
+    """``verify --attack``: AutoAttack beside the certificate on the first ``--attack-n`` test images; 1 when a
+    certified image is broken (certified <= robust <= clean fails)."""
+    from ..attack import DEFAULT_ATTACK_EPS, attack_dataset
+    from ..certification import parse_eps
+
+    eps = [parse_eps(e) for e in args.attack_eps] if args.attack_eps else DEFAULT_ATTACK_EPS
+    record = attack_dataset(model, dataset, args.attack_n, eps, root=args.data, progress=not args.quiet)
+    print(f"\nAutoAttack ({record['version']}, L2, torchattacks {record['torchattacks_version']}) on the first "
+          f"{record['n']} {dataset} test images: clean {100 * record['clean_accuracy']:.2f}%")
+    print(f"{'eps':>10}  {'certified':>9}  {'robust':>8}  {'broken':>6}  time")
+    for key, robust in record["robust_accuracy"].items():
+        print(f"{key:>10}  {100 * record['certified_accuracy'][key]:8.2f}%  {100 * robust:7.2f}%  "
+              f"{record['broken'][key]:>6}  {record['seconds'][key]:.0f} s")
+    print("certified <= robust <= clean: " + ("PASSED" if record["passed"] else "FAILED (a broken certificate)"))
+    if args.attack_json:
+        Path(args.attack_json).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.attack_json}")
+    return 0 if record["passed"] else 1
 
 
 def register(sub) -> None:
@@ -262,5 +288,13 @@ def register(sub) -> None:
     from .paper import add_arguments
 
     add_arguments(p)  # --against paper[:ROW], --tolerance, --n, --model-args
+    p.add_argument("--attack", action="store_true",
+                   help="also run AutoAttack (l2, standard set; pip install 'lipzoo[attack]') on the first --attack-n "
+                        "test images and check certified <= robust <= clean there (slow on a CPU: see "
+                        "results/autoattack/README.md); exit code 1 on a broken certificate")
+    p.add_argument("--attack-n", type=int, default=1000, metavar="N", help="images for --attack (default %(default)s)")
+    p.add_argument("--attack-eps", nargs="+", default=None, metavar="EPS",
+                   help="radii for --attack (default 36/255 0.5, RobustBench's l2 threat model)")
+    p.add_argument("--attack-json", default=None, metavar="OUT", help="write the --attack record to OUT")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_verify)
