@@ -206,6 +206,7 @@ def robust_accuracy(
         eps=eps_values, correct=torch.cat(correct_parts) if correct_parts else empty,
         robust={k: torch.cat(v) if v else empty for k, v in results.items()}, seconds=seconds,
         max_perturbation=max_norm, version=version, seed=seed, torchattacks_version=getattr(ta, "__version__", "?"),
+        extra={"device": dev.type if dev.type != "cpu" else f"cpu ({torch.get_num_threads()} threads)"},
     )
 
 

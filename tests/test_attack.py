@@ -170,19 +170,20 @@ def test_cards_robust_accuracy_holds_the_ordering(card):
         pytest.skip("no published card")
     from huggingface_hub import ModelCard
 
-    robust = {r.metric_args["eps"]: r.metric_value for r in ModelCard.load(card).data.eval_results or []
-              if r.metric_type == "robust_accuracy"}
+    robust = {r.metric_args["eps_label"]: (r.metric_args, r.metric_value)
+              for r in ModelCard.load(card).data.eval_results or [] if r.metric_type == "robust_accuracy"}
     if not robust:
         pytest.skip(f"{card.parent.name}'s card has no robust_accuracy yet")
     record = json.loads((card.parent / "config.json").read_text())["lipzoo"]["autoattack"]
-    assert {float(e): v for e, v in robust.items()} == pytest.approx(
-        {record["eps"][k]: 100 * v for k, v in record["robust_accuracy"].items()}, abs=0.006)
+    assert {k: v for k, (_, v) in robust.items()} == record["robust_accuracy"]
+    assert all(a["attack"] == "autoattack" and a["norm"] == "L2" and a["eps"] == record["eps"][k]
+               for k, (a, _) in robust.items())
     check = check_record(record)
     assert check.passed, (card.parent.name, check.failures())
 
 
 # ------------------------------------------------------------------------------------------ lipzoo verify --attack
-from test_cli import _assert_user_error, _cli, fake_verify  # noqa: E402,F401  (the fixture: no download, no certify)
+from test_cli import _assert_user_error, _cli, checkpoints, fake_verify  # noqa: E402,F401  (fixtures)
 
 
 def _fake_record(broken: int) -> dict:
@@ -213,3 +214,70 @@ def test_verify_attack_without_torchattacks_is_one_line_before_verifying(capsys,
     rc, _, err = _cli(capsys, "verify", "sll_xs.cifar10", "--quick", "--attack")
     _assert_user_error(rc, err, "torchattacks==3.5.1")
     assert "claims" not in fake_verify
+
+
+# ------------------------------------------------------------------------------------ cards and lipzoo publish
+def _record(robust: float = 0.6, certified: float = 0.5, broken: int = 0) -> dict:
+    return {"attack": "autoattack", "torchattacks_version": "3.5.1", "version": "standard", "norm": "L2", "n": 10,
+            "dataset": "cifar10", "split": "test", "subset": "first_10", "clean_accuracy": 0.7,
+            "robust_accuracy": {"36/255": robust, "0.5": 0.2}, "certified_accuracy": {"36/255": certified, "0.5": 0.1},
+            "eps": {"36/255": 36 / 255, "0.5": 0.5}, "seconds": {"36/255": 5400.0, "0.5": 90.0},
+            "broken": {"36/255": broken, "0.5": 0}, "passed": not broken, "device": "cpu (2 threads)"}
+
+
+def test_card_metrics_and_rows_of_an_attack_record():
+    from lipzoo.hub.card import attack_rows, attack_to_eval_results
+
+    results = attack_to_eval_results(_record())
+    assert [(r.metric_type, r.metric_value, r.metric_args) for r in results] == [
+        ("robust_accuracy", 0.6, {"attack": "autoattack", "norm": "L2", "eps": 36 / 255, "eps_label": "36/255"}),
+        ("robust_accuracy", 0.2, {"attack": "autoattack", "norm": "L2", "eps": 0.5, "eps_label": "0.5"})]
+    assert results[0].dataset_args == {"subset": "first_10", "n": 10}
+    rows = attack_rows(_record())
+    assert "90 min on cpu (2 threads)" in rows[0]["method"] and "90 s" in rows[1]["method"]
+    assert "certified on the same images" in rows[0]["method"] and "the first 10 test images" in rows[0]["method"]
+
+
+@pytest.fixture
+def scratch_publish(monkeypatch, tmp_path, checkpoints):
+    """``publish`` of sll_xs (random weights) on the first 10 test images into a scratch hub, AutoAttack faked."""
+    pytest.importorskip("torchattacks")
+    from lipzoo.data import find_root
+
+    if find_root("cifar10") is None:
+        pytest.skip("needs CIFAR-10")
+    import lipzoo.attack as attack
+    from lipzoo.hub.publish import publish
+
+    monkeypatch.setenv("LIPZOO_PUBLISHED_JSON", str(tmp_path / "published.json"))
+    seen = {}
+
+    def run(record):
+        monkeypatch.setattr(attack, "attack_dataset", lambda model, dataset, n, **kw: seen.update(n=n) or record)
+        return publish(checkpoints["sll_xs"], "sll_xs", "cifar10", hub=tmp_path / "hub", upload=False, quick=True,
+                       quick_n=10, attack=True, attack_n=10)
+
+    return run, seen, tmp_path
+
+
+def test_publish_refuses_a_broken_certificate(scratch_publish):
+    from lipzoo.hub.publish import PublishError
+
+    run, seen, tmp = scratch_publish
+    with pytest.raises(PublishError, match="broken certificate"):
+        run(_record(robust=0.4, certified=0.5, broken=3))
+    assert seen["n"] == 10 and not (tmp / "published.json").exists()
+    assert not list((tmp / "hub").rglob("model.safetensors"))
+
+
+def test_publish_puts_the_attack_on_the_card(scratch_publish):
+    from huggingface_hub import ModelCard
+
+    run, _, _ = scratch_publish
+    out = run(_record())
+    config = json.loads((out.folder / "config.json").read_text())
+    assert config["lipzoo"]["autoattack"]["robust_accuracy"] == {"36/255": 0.6, "0.5": 0.2}
+    card = ModelCard.load(out.folder / "README.md")
+    robust = [r for r in card.data.eval_results if r.metric_type == "robust_accuracy"]
+    assert [r.metric_args["eps_label"] for r in robust] == ["36/255", "0.5"]
+    assert "Empirical robust accuracy, AutoAttack L2, eps=36/255" in card.text and "90 min" in card.text

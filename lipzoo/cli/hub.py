@@ -39,7 +39,8 @@ def _publish(args: argparse.Namespace) -> int:
             result = publish(args.checkpoint, args.arch, args.tag, repo_id=args.repo_id, endpoint=args.endpoint,
                              results=args.results, hub=args.hub_dir, quick=args.quick, quick_n=args.quick_n,
                              data_root=args.data, batch_size=args.batch_size, upload=not args.no_upload,
-                             repo_url=args.repo_url, hardware=args.hardware)
+                             repo_url=args.repo_url, hardware=args.hardware,
+                             attack=False if args.no_attack else None, attack_n=args.attack_n)
     except (PublishError, ValueError, FileNotFoundError) as e:
         print(f"lipzoo publish: {e}", file=sys.stderr)
         return 1
@@ -98,6 +99,10 @@ def register(sub) -> None:
                    help="the code's repository shown on the card (default: [project.urls] Repository of pyproject.toml)")
     p.add_argument("--hardware", default=None,
                    help="what the run was trained on, for the card (default: what the run's results.json records)")
+    p.add_argument("--no-attack", action="store_true",
+                   help="skip AutoAttack (l2, standard, on the first --attack-n test images; run by default except "
+                        "with --quick; slow on a CPU); publishing refuses a model the attack breaks where certified")
+    p.add_argument("--attack-n", type=int, default=None, metavar="N", help="images for AutoAttack (default 1000)")
     p.add_argument("--card-only", action="store_true",
                    help="no CHECKPOINT: rewrite the card and config.json of the published ARCH.TAG as a new revision, "
                         "weights and claims unchanged (checked against published.json); --results then names the "

@@ -4,6 +4,9 @@ The front matter is built with ``huggingface_hub.ModelCardData`` and ``EvalResul
 license, tags, datasets, and a ``model-index`` with the clean accuracy (``type: accuracy``) and one
 ``type: certified_accuracy`` metric per eps (``args: {norm: L2, eps: <float>, eps_label: '36/255'}``). Values
 are fractions in [0, 1], exactly as in the claims record, so :func:`claims_from_card` gives the claims back.
+A model published with AutoAttack (:mod:`lipzoo.attack`) adds one ``type: robust_accuracy`` metric per eps
+(``args: {attack: autoattack, norm: L2, eps: <float>, eps_label}``) on the attacked images, and a row per eps with
+how it was measured and how long it took.
 
 The template is package data (found with ``importlib.resources``), so ``lipzoo publish`` works from a wheel.
 A card is read by Hub users on other machines: it carries no local path (:func:`portable_path`).
@@ -21,7 +24,7 @@ from .. import _checkout
 
 __all__ = ["TEMPLATE", "DATASET_NAMES", "LABEL_NAMES", "DEFAULT_REPO_URL", "claims_to_eval_results",
            "claims_from_eval_results", "claims_from_card", "model_stats", "render_card", "template_text",
-           "default_repo_url", "portable_path", "training_summary"]
+           "default_repo_url", "portable_path", "training_summary", "attack_to_eval_results", "attack_rows"]
 
 TEMPLATE = ("templates", "model_card.md")  # inside the lipzoo package
 DEFAULT_REPO_URL = "https://github.com/lipzoo/lipzoo"  # when neither pyproject.toml nor the metadata name one
@@ -29,6 +32,7 @@ DATASET_NAMES = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
 # class names by output index, as timm's ``save_for_hf`` writes them (``label_names`` in config.json)
 LABEL_NAMES = {"cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")}
 CERTIFIED = "certified_accuracy"
+ROBUST = "robust_accuracy"
 
 
 def _radius_rule(name: str | None) -> tuple[str, str]:
@@ -137,6 +141,39 @@ def claims_to_eval_results(claims: Mapping[str, Any]) -> list[EvalResult]:
     return out
 
 
+def attack_to_eval_results(record: Mapping[str, Any]) -> list[EvalResult]:
+    """One ``robust_accuracy`` metric per eps of an AutoAttack record (:func:`lipzoo.attack.attack_dataset`), on the
+    attacked images (``dataset_args: {subset: first_<n>, n}``)."""
+    dataset = record["dataset"]
+    common = dict(
+        task_type="image-classification", task_name="Empirical robust image classification (L2, AutoAttack)",
+        dataset_type=dataset, dataset_name=DATASET_NAMES.get(dataset, dataset), dataset_split=record.get("split", "test"),
+        dataset_args={"subset": record.get("subset"), "n": record["n"]},
+    )
+    return [EvalResult(metric_type=ROBUST, metric_value=float(acc),
+                       metric_name=f"Empirical robust accuracy (AutoAttack, L2, eps={label})",
+                       metric_args={"attack": "autoattack", "norm": "L2", "eps": float(record["eps"][label]),
+                                    "eps_label": label}, **common)
+            for label, acc in record["robust_accuracy"].items()]
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def attack_rows(record: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The card's rows of an AutoAttack record: robust accuracy per eps, how it was measured and how long it took,
+    beside the certified accuracy on the same images."""
+    device = f" on {record['device']}" if record.get("device") else ""
+    return [{"name": f"Empirical robust accuracy, AutoAttack L2, eps={label} ({float(record['eps'][label]):.4f})",
+             "value": _pct(acc),
+             "method": f"torchattacks {record.get('torchattacks_version', '?')} AutoAttack ({record.get('version')}: "
+                       f"APGD-CE, APGD-T, FAB-T, Square), the first {record['n']} test images, "
+                       f"{_duration(float(record['seconds'][label]))}{device}; certified on the same images: "
+                       f"{_pct(record['certified_accuracy'][label])}"}
+            for label, acc in record["robust_accuracy"].items()]
+
+
 def claims_from_eval_results(results: list[EvalResult]) -> dict[str, Any]:
     """The measurable part of a claims record (dataset, split, subset, n, clean and certified accuracies, eps)."""
     if not results:
@@ -232,6 +269,7 @@ def render_card(
     hardware: str | None = None,
     extra_metrics: list[Mapping[str, str]] | None = None,
     card_note: str | None = None,
+    attack: Mapping[str, Any] | None = None,
 ) -> ModelCard:
     """Render the model card of one published repo.
 
@@ -239,7 +277,8 @@ def render_card(
     ``stats``: :func:`model_stats`; ``training``: the recipe (flat mapping) or ``None``; ``training_time`` and
     ``hardware``: :func:`training_summary`; ``repo_url``: the code's repository (default :func:`default_repo_url`);
     ``label_names``: class names by output index; ``extra_metrics``: more rows (``name``, ``value``, ``method``),
-    e.g. an empirical robust accuracy. Commands and paths must already be portable (:func:`portable_path`).
+    e.g. an empirical robust accuracy; ``attack``: an AutoAttack record (its metrics and rows are added).
+    Commands and paths must already be portable (:func:`portable_path`).
     """
     from .server import DEFAULT_PORT
 
@@ -249,9 +288,10 @@ def render_card(
     card_data = ModelCardData(
         library_name="timm", license=license, pipeline_tag="image-classification",
         tags=["image-classification", "timm", "lipzoo", "certified-robustness", "lipschitz", "1-lipschitz", family, dataset],
-        datasets=[dataset], metrics=["accuracy", CERTIFIED], model_name=model_id,
-        eval_results=claims_to_eval_results(claims),
+        datasets=[dataset], metrics=["accuracy", CERTIFIED] + ([ROBUST] if attack else []), model_name=model_id,
+        eval_results=claims_to_eval_results(claims) + (attack_to_eval_results(attack) if attack else []),
     )
+    extra_metrics = list(extra_metrics or []) + (attack_rows(attack) if attack else [])
     eps = claims.get("eps", {})
     cert = dict(sorted(claims["certified_accuracy"].items(), key=lambda kv: float(eps.get(kv[0], 0))))  # by radius
     first = next(iter(cert), None)

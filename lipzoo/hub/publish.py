@@ -224,6 +224,8 @@ def publish(
     license: str = "mit",
     repo_url: str | None = None,
     hardware: str | None = None,
+    attack: bool | None = None,
+    attack_n: int | None = None,
 ) -> PublishResult:
     """Certify ``checkpoint`` as ``<arch>.<tag>``, write its repo into the hub folder, upload it, record it.
 
@@ -243,6 +245,9 @@ def publish(
             the project's own ``hub/`` and ``published.json``.
         repo_url: the code's repository named on the card (default: ``[project.urls]`` of ``pyproject.toml``).
         hardware: what the run was trained on, for the card (default: what ``results.json`` records).
+        attack: run AutoAttack (:func:`lipzoo.attack.attack_dataset`, needs ``lipzoo[attack]``) on the first
+            ``attack_n`` (default 1000) test images; default on, off for ``quick``. A model that the attack breaks
+            at a certified image (certified > robust accuracy there: a broken certificate) is refused.
 
     The card's training time comes from the run's ``log.jsonl`` when there is one. No local path is written
     into the card or ``config.json``: the checkpoint is named relative to the project, or by its run folder.
@@ -279,11 +284,15 @@ def publish(
     if trained.get("subset") == claims["subset"] == "full" and _accuracies(trained) != _accuracies(claims):
         messages.append("note: the training run's results.json reports other accuracies than this measurement; "
                         "the card uses the measurement")
+    autoattack = _autoattack(model, model_id, dataset, data_root, not quick if attack is None else attack, attack_n,
+                             batch_size)
 
     # 3. the repo folder, built beside the old one
     command = f"lipzoo publish {portable_path(checkpoint)} --arch {arch} --tag {tag}"
     command += f" --repo-id {repo_id}" if repo_id != f"lipzoo/{model_id}" else ""
     command += (" --quick" + (f" --quick-n {quick_n}" if quick_n else "")) if quick else ""
+    command += " --no-attack" if autoattack is None and not quick else ""
+    command += f" --attack-n {attack_n}" if autoattack is not None and attack_n else ""
     provenance = _provenance(command, run_dir, record, repo_url, hardware)
     try:
         replaced = _manifest.read(registry).get(model_id)  # the entry this publish replaces
@@ -299,7 +308,7 @@ def publish(
         plot_certified_accuracy(result, staging / "certified_accuracy.png",
                                 title=f"{model_id}: {DATASET_NAMES[dataset]} test, n={claims['n']}")
         write_config_and_card(staging, model, repo_id=repo_id, arch=arch, tag=tag, claims=claims, sha256=sha,
-                              provenance=provenance, license=license)
+                              provenance=provenance, license=license, attack=autoattack)
         keep_replaced_revision(hub_root / repo_id, staging, repo_id, (replaced or {}).get("revision"), messages)
         return sha
 
@@ -349,6 +358,23 @@ def _measure(model, dataset: str, data_root: str | None, quick: bool, quick_n: i
     return result, result.to_claims(dataset, "test", subset)
 
 
+def _autoattack(model, model_id: str, dataset: str, data_root: str | None, run: bool, n: int | None,
+                batch_size: int) -> dict[str, Any] | None:
+    """The AutoAttack record of ``model`` on the first ``n`` test images (``None`` when not ``run``);
+    :class:`PublishError` when the attack breaks a certified image."""
+    if not run:
+        return None
+    from ..attack import ATTACK_N, attack_dataset
+
+    record = attack_dataset(model, dataset, n or ATTACK_N, root=data_root, batch_size=batch_size, progress=True)
+    if not record["passed"]:
+        raise PublishError(
+            f"refused: AutoAttack broke certified images of {model_id} on the first {record['n']} test images "
+            f"(broken {record['broken']}, certified {record['certified_accuracy']} vs robust "
+            f"{record['robust_accuracy']}): a broken certificate. Check lipschitz_bound() and the certifier")
+    return record
+
+
 def _provenance(command: str, run_dir: Path | None, record: Mapping[str, Any] | None, repo_url: str | None,
                 hardware: str | None) -> "Provenance":
     """The provenance of a new publish: this code's revision, ``command``, and the training run's record."""
@@ -382,9 +408,11 @@ class Provenance:
 
 
 def write_config_and_card(folder: Path, model, *, repo_id: str, arch: str, tag: str, claims: Mapping[str, Any],
-                          sha256: str, provenance: Provenance, license: str = "mit") -> None:
+                          sha256: str, provenance: Provenance, license: str = "mit",
+                          attack: Mapping[str, Any] | None = None) -> None:
     """Write ``config.json`` (timm's ``save_config_for_hf`` layout with ``label_names``, plus the ``lipzoo`` block)
-    and the ``README.md`` model card of ``model`` (its weights hash ``sha256``) into ``folder``."""
+    and the ``README.md`` model card of ``model`` (its weights hash ``sha256``) into ``folder``; ``attack``: the
+    AutoAttack record (``lipzoo.autoattack`` in config.json, metrics and rows on the card)."""
     from timm.models._hub import save_config_for_hf
 
     from ..models._builder import ARCHS
@@ -401,6 +429,8 @@ def write_config_and_card(folder: Path, model, *, repo_id: str, arch: str, tag: 
     }
     if p.card_code_revision:
         block["card_code_revision"] = p.card_code_revision
+    if attack:
+        block["autoattack"] = dict(attack)
     model_config: dict[str, Any] = {
         "pretrained_cfg": {"tag": tag, "license": license, "paper_name": info.paper, "description": info.description},
         "lipzoo": block,
@@ -420,6 +450,7 @@ def write_config_and_card(folder: Path, model, *, repo_id: str, arch: str, tag: 
         training_time=p.training_time, hardware=p.hardware,
         card_note=f"card and config.json rewritten by code revision `{p.card_code_revision}` "
                   "(`lipzoo publish --card-only`); weights and claims unchanged" if p.card_code_revision else None,
+        attack=attack,
     )
     card.save(str(folder / "README.md"))
 

@@ -141,7 +141,8 @@ def republish_card(
             shutil.copytree(folder / HISTORY, staging / HISTORY)
         with torch.no_grad():
             write_config_and_card(staging, model, repo_id=repo_id, arch=arch, tag=tag, claims=block["claims"],
-                                  sha256=sha, provenance=provenance, license=license)
+                                  sha256=sha, provenance=provenance, license=license,
+                                  attack=block.get("autoattack"))  # the published AutoAttack record stays
         if old_revision and snapshot_revision(staging, repo_id) != old_revision:  # keep the revision it replaces
             if not keep_revision(folder, repo_id, old_revision, shared=_COPIED, into=staging):
                 messages.append(f"{folder} is not at the pinned revision {old_revision}: that revision is not kept")
