@@ -44,7 +44,7 @@ _LAZY = {
     "certify": "certification", "audit": "auditing", "verify": "verification",
 }
 _SUBMODULES = ("models", "layers", "hub", "train", "convert", "data", "cli", "reported", "certification",
-               "auditing", "verification")
+               "auditing", "verification", "attack")
 
 
 def __getattr__(name: str):
