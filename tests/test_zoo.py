@@ -46,7 +46,7 @@ def _body_signature(model: torch.nn.Module) -> list[tuple[str, tuple[int, ...]]]
 
 # the later families' paper-sized nets: their proven bounds (float64 eigen / FFT-grid norms of large layers) take
 # minutes each on 2 CPU cores, so they are audited by `make test-slow` (pytest -m slow), their compact models here
-LATER_FAMILIES = ("aol", "cpl", "cayley", "bcop")
+LATER_FAMILIES = ("aol", "cpl", "cayley", "bcop", "convnet")
 
 
 def _zoo_params() -> list:
@@ -61,7 +61,8 @@ def test_registry_lists_every_named_architecture():
                 | {f"lot_lipresnet{n}" for n in depths} | {"sandwich_s", "sandwich_m", "sandwich_l", "sandwich_dnn"}
                 | {"sll_s", "sll_m", "sll_l", "sll_xl"} | {"soc_xs", "lot_xs", "sandwich_xs", "sll_xs"}
                 | {"aol_s", "aol_m", "aol_l", "aol_xs"} | {"cpl_s", "cpl_m", "cpl_l", "cpl_xl", "cpl_xs"}
-                | {"cayley_kwlarge", "cayley_resnet9", "cayley_xs"} | {"bcop_kwlarge", "bcop_xs"})
+                | {"cayley_kwlarge", "cayley_resnet9", "cayley_xs"} | {"bcop_kwlarge", "bcop_xs"}
+                | {"convnet_xs", "convnet_s", "convnet_m", "convnet_l"})
     assert set(lipzoo.list_models()) == expected
 
 

@@ -30,7 +30,7 @@ def _publish(args: argparse.Namespace) -> int:
     try:
         if args.card_only:
             from ..hub.republish import republish_card
-            from ..models._builder import resolve_name
+            from ..models._registry import resolve_name
 
             result = republish_card(f"{resolve_name(args.arch)}.{args.tag}", repo_url=args.repo_url,
                                     hardware=args.hardware, run_dir=args.results, hub=args.hub_dir,

@@ -587,7 +587,7 @@ def download_and_report(name: str, verify: bool | str | None = None) -> int:
 
     import timm
 
-    from ..models._builder import pretrained_name
+    from ..models._registry import pretrained_name
 
     try:
         model = timm.create_model(pretrained_name(name), pretrained=True, verify=verify)

@@ -256,7 +256,7 @@ def publish(
 
     from ..certification import plot_certified_accuracy
     from ..data import NUM_CLASSES
-    from ..models._builder import resolve_name
+    from ..models._registry import resolve_name
     from .card import DATASET_NAMES, portable_path
 
     arch, dataset = _arch_and_dataset(arch, tag)
@@ -324,7 +324,7 @@ def publish(
 def _arch_and_dataset(arch: str, tag: str) -> tuple[str, str]:
     """The registered architecture and the dataset a ``tag`` names; :class:`PublishError` for a bad pair."""
     from ..data import NUM_CLASSES
-    from ..models._builder import resolve_name
+    from ..models._registry import resolve_name
 
     arch = resolve_name(arch)
     if "." in arch:
@@ -415,7 +415,7 @@ def write_config_and_card(folder: Path, model, *, repo_id: str, arch: str, tag: 
     AutoAttack record (``lipzoo.autoattack`` in config.json, metrics and rows on the card)."""
     from timm.models._hub import save_config_for_hf
 
-    from ..models._builder import ARCHS
+    from ..models._registry import ARCHS
     from .card import LABEL_NAMES, model_stats, render_card
 
     info = ARCHS[arch]

@@ -112,17 +112,3 @@ def build(model_cls: type, variant: str, pretrained: bool = False, **kwargs):
 def count_parameters(model) -> int:
     """Counting rule: every tensor in ``model.parameters()`` (trainable or not), no buffers."""
     return sum(p.numel() for p in model.parameters())
-
-
-# Names that moved to :mod:`lipzoo.models._registry` (timm's layout: the registry holds names, the builder builds).
-# Modules of other floors still import them from here; they are looked up on access, so no import cycle exists.
-_MOVED = ("ARCHS", "ArchInfo", "resolve_name", "list_models", "list_pretrained", "pretrained_name",
-          "published_weights", "UnknownModelError", "NoPretrainedWeightsError")
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        from . import _registry
-
-        return getattr(_registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,6 +77,9 @@ class Family:
     (``lipzoo.convert.from_reference``), also for ``reference_aliases`` (other spec family names, e.g. a second repo).
     ``recipes``: the family's training recipe names (``lipzoo.train.recipes``), the compact CPU recipe first.
     ``bench_layers``: name -> constructor of a representative CIFAR-sized layer (64 channels in and out, 32x32).
+    ``convnet_conv``: ``(channels, kernel_size, input_size) -> module``, the family's square "same" convolution
+    (stride 1, ``channels -> channels``, for an ``input_size`` map) that the 1LLC ConvNet (``convnet_*``,
+    ``conv=<family>``) is built from; ``None`` for a family without one.
     """
 
     name: str
@@ -89,6 +92,7 @@ class Family:
     reference_aliases: tuple[str, ...] = ()
     recipes: tuple[str, ...] = ()
     bench_layers: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
+    convnet_conv: Callable[[int, int, int], Any] | None = None
 
     @property
     def compact(self) -> list[str]:

@@ -114,5 +114,6 @@ register_family(Family(
     },
     checkpoint_formats={"aol-1llc": "lipzoo.convert._aol"},
     reference_converter="lipzoo.convert._aol",
+    convnet_conv=lambda c, k, n: AOLConv2d(c, c, k),
     bench_layers={"AOLConv2d 3x3 (64 -> 64)": partial(AOLConv2d, 64, 64, 3)},
 ))

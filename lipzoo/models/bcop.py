@@ -62,5 +62,6 @@ register_family(Family(
     },
     checkpoint_formats={"bcop": "lipzoo.convert._bcop"},
     reference_converter="lipzoo.convert._bcop",
+    convnet_conv=lambda c, k, n: BCOPConv2d(c, c, k, input_size=n),
     bench_layers={"BCOPConv2d 3x3 (64 -> 64)": partial(BCOPConv2d, 64, 64, 3)},
 ))

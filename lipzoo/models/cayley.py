@@ -132,5 +132,6 @@ register_family(Family(
     },
     checkpoint_formats={"cayley": "lipzoo.convert._cayley"},
     reference_converter="lipzoo.convert._cayley",
+    convnet_conv=lambda c, k, n: CayleyConv2d(c, c, k, input_size=n),
     bench_layers={"CayleyConv2d 3x3 (64 -> 64)": partial(CayleyConv2d, 64, 64, 3)},
 ))

@@ -98,5 +98,6 @@ register_family(Family(
     },
     checkpoint_formats={"cpl": "lipzoo.convert._cpl"},
     reference_converter="lipzoo.convert._cpl",
+    convnet_conv=lambda c, k, n: CPLConv2d(c, c, k, input_size=n),
     bench_layers={"CPLConv2d(64, inner 64)": partial(CPLConv2d, 64, 64, 3)},
 ))

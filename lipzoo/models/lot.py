@@ -187,5 +187,6 @@ register_family(Family(
     checkpoint_formats={"lot": "lipzoo.convert._lot"},
     reference_converter="lipzoo.convert._lot",
     recipes=("lot_cpu", "lot_paper"),
+    convnet_conv=lambda c, k, n: LOTConv2d(c, c, k, input_size=n),
     bench_layers={"LOT 3x3 (64 -> 64)": partial(LOTConv2d, 64, 64, 3)},
 ))

@@ -183,5 +183,6 @@ register_family(Family(
     checkpoint_formats={"lbdn": "lipzoo.convert._sandwich"},
     reference_converter="lipzoo.convert._sandwich",
     recipes=("sandwich_cpu", "sandwich_paper", "sandwich_cpu_long"),
+    convnet_conv=lambda c, k, n: SandwichConv(c, c, k, input_size=n),
     bench_layers={"SandwichConv 3x3 (64 -> 64)": partial(SandwichConv, 64, 64, 3)},
 ))

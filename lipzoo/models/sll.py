@@ -116,6 +116,7 @@ register_family(Family(
     checkpoint_formats={"sll": "lipzoo.convert._sll", "sll-legacy": "lipzoo.convert._sll"},
     reference_converter="lipzoo.convert._sll",
     recipes=("sll_cpu", "sll_paper"),
+    convnet_conv=lambda c, k, n: SLLConv2d(c, c, k),
     bench_layers={"SLLConv2d(64, inner 64)": partial(SLLConv2d, 64, 64),
                   "SLLConv2d(64, inner 5)": partial(SLLConv2d, 64, 5)},
 ))

@@ -203,5 +203,6 @@ register_family(Family(
     checkpoint_formats={"soc": "lipzoo.convert._soc", "soc-improved": "lipzoo.convert._soc"},
     reference_converter="lipzoo.convert._soc", reference_aliases=("improved",),
     recipes=("soc_cpu", "soc_paper", "soc_improved_paper"),
+    convnet_conv=lambda c, k, n: SOCConv2d(c, c, k),
     bench_layers={"SOC 3x3 (64 -> 64)": partial(SOCConv2d, 64, 64, 3)},
 ))

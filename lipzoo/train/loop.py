@@ -267,7 +267,7 @@ def train(
     import timm
 
     from .._version import __version__
-    from ..models._builder import resolve_name
+    from ..models._registry import resolve_name
 
     if fast is not None:
         recipe = recipe.replace(fast=fast)
