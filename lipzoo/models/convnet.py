@@ -96,7 +96,8 @@ def _variant(size: str) -> Variant:
         doc=f"1LLC ConvNet-{size.upper()} (width {w}) with any family's convolution: create_model('convnet_{size}', conv='cpl').",
         paper_params=PAPER_PARAMS[size],
         paper_params_note="1LLC Table 8, standard 3x3 convolution (AOL/Cayley/SOC/LOT kernels count the same; "
-                          "other parametrisations differ)")
+                          "other parametrisations differ)",
+        compact=size == "xs")
 
 
 register_family(Family(
