@@ -89,14 +89,16 @@ class AOLNet(LipschitzClassifier):
         return nn.Sequential(AOLLinear(self.num_features, self.num_features, init="identity"), FirstChannels(num_classes))
 
 
-def _paper_size(size: str, name: str, f: int) -> Variant:
+def _paper_size(size: str, name: str, f: int, paper_params: float | None = None, note: str = "") -> Variant:
     """AOL-S/M/L: the repo's ``size_parameter`` = ``filters_after_downsize`` ``f``, everything else at its defaults."""
     return Variant(
         f"AOL-{size} (the paper's patch-wise network): 4x4 patches, 12 AOL 3x3 convs (192 channels), {f} channels "
         f"kept, 13 AOL dense layers ({64 * f} units) + AOL dense head, first-classes output",
         dict(filters_after_downsize=f),
         doc=f"AOL-{name}: the paper's patch-wise network, {f} channels after downsizing ({64 * f} dense units).",
-        paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
+        paper_params=paper_params,
+        paper_params_note=note or "the AOL paper gives widths only (Table 2), no parameter count; lipzoo reports "
+                                  "sum(p.numel())")
 
 
 # Compact CPU variant: the same patch-wise structure, narrower encoder and dense part (<= 3M parameters).
@@ -107,7 +109,8 @@ register_family(Family(
     variants={
         "aol_s": _paper_size("S", "Small", 16),
         "aol_m": _paper_size("M", "Medium", 32),
-        "aol_l": _paper_size("L", "Large", 48),
+        "aol_l": _paper_size("L", "Large", 48, 136.0, "136M as quoted by the 1LLC paper (Table 4; secondary, the AOL paper "
+                                                      "gives no count); lipzoo counts 136.19M"),
         "aol_xs": Variant("compact AOL for 2-core CPU training: the patch-wise AOL network with "
                           + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True,
                           doc="Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."),

@@ -49,8 +49,9 @@ register_family(Family(
             "dense 4096->512->512, Bjorck head (as trained with BCOP by Trockman & Kolter, ICLR 2021); 20 Bjorck "
             "iterations",
             dict(channels=(32, 64), dense=(512, 512), layer_kwargs=dict(bjorck_iters=20, eval_bjorck_iters=20)),
-            paper_params_note="no verified published parameter count (the papers' tables were not checked); lipzoo "
-                              "reports sum(p.numel())",
+            paper_params=2.0,
+            paper_params_note="'2M' as quoted by the 1LLC paper (Table 4, 'BCOP Large'; secondary, one significant "
+                              "figure); lipzoo counts 2.47M",
             doc="KW-Large (width factor 1) with BCOP convolutions and Bjorck dense layers."),
         # Compact CPU variant: KW-Large convolutions, dense 256/256, fewer Bjorck iterations in training (the bound
         # is measured on the realised operators, so this trades speed for orthogonality, never soundness)

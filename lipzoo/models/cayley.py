@@ -115,7 +115,9 @@ register_family(Family(
         "cayley_kwlarge": Variant(
             "KW-Large (w=1): Cayley convs 3->32, 32->32 (stride 2), 32->64, 64->64 (stride 2), GroupSort, Cayley "
             "dense 4096->512->512, Cayley head; mean-only normalisation",
-            dict(channels=(32, 64), dense=(512, 512)), paper_params_note=_NO_COUNT,
+            dict(channels=(32, 64), dense=(512, 512)), paper_params=2.0,
+            paper_params_note="'2M' as quoted by the 1LLC paper (Table 4; secondary, one significant figure); lipzoo "
+                              "counts 2.41M, alpha scalars included",
             doc="The Cayley paper's KW-Large network (width factor 1) with Cayley convolutions and dense layers."),
         "cayley_resnet9": Variant(
             "ResNet9: Cayley convs 3->64->128, window-sum pool, convex residual (128, 2 convs), 128->256, pool, "

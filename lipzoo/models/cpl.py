@@ -71,7 +71,8 @@ class CPLNet(ResidualNet):
         return FirstChannels(num_classes)
 
 
-def _paper_size(size: str, width: int, n_conv: int, n_dense: int, dense_inner: int) -> Variant:
+def _paper_size(size: str, width: int, n_conv: int, n_dense: int, dense_inner: int,
+                paper_params: float | None = None, note: str = "") -> Variant:
     """CPL S/M/L/XL (UNVERIFIED sizes, see the module docstring): conv inner dimension 5."""
     return Variant(
         f"CPL-{size}: {n_conv} CPL convs (width {width}, inner 5), {n_dense} CPL dense layers (inner {dense_inner}), "
@@ -79,7 +80,8 @@ def _paper_size(size: str, width: int, n_conv: int, n_dense: int, dense_inner: i
         dict(width=width, n_conv=n_conv, n_dense=n_dense, conv_inner_dim=5, dense_inner_dim=dense_inner),
         doc=f"CPL-{size} (UNVERIFIED sizes): {n_conv} CPL convs (width {width}), {n_dense} CPL dense layers "
             f"({dense_inner}), LLN head.",
-        paper_params_note="no published parameter count was verified; lipzoo reports sum(p.numel())")
+        paper_params=paper_params,
+        paper_params_note=note or "no published parameter count was found; lipzoo reports sum(p.numel())")
 
 
 # Compact CPU variant: the shape of sll_xs (same per-layer cost as SLL), <= 3M parameters.
@@ -91,7 +93,10 @@ register_family(Family(
         "cpl_s": _paper_size("S", 45, 20, 7, 2048),
         "cpl_m": _paper_size("M", 60, 30, 10, 2048),
         "cpl_l": _paper_size("L", 60, 90, 15, 4096),
-        "cpl_xl": _paper_size("XL", 70, 120, 15, 4096),
+        "cpl_xl": _paper_size("XL", 70, 120, 15, 4096, 236.0,
+                              "236M as quoted by the 1LLC paper (Table 4; secondary); lipzoo's UNVERIFIED CPL-XL "
+                              "sizes count 275.7M, so at least one layer size differs from the paper's (lipzoo's "
+                              "cpl_l sizes count 236.27M: the tables may be shifted by one size)"),
         "cpl_xs": Variant("compact CPL for 2-core CPU training: " + ", ".join(f"{k}={v}" for k, v in _XS.items()),
                           _XS, doc="Compact CPL for CPU training (<= 3M parameters): CPL convs at 32x32, CPL dense "
                           "layers, LLN head.", compact=True),
