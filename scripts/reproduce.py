@@ -136,11 +136,26 @@ def _training_cell(name: str, runs: Path = REPO / "results" / "runs") -> str:
     return cell
 
 
+def _reference_cell(name: str) -> str:
+    """The 1LLC benchmark's ConvNet-XS with the model's family (CIFAR-10, 24 h on an A100; ``lipzoo.reported``):
+    ``clean / certified at 36/255``, the compact-model reference (weights issue, round 2)."""
+    from lipzoo.reported import rows as reported_rows
+
+    arch, _, dataset = name.partition(".")
+    wanted = f"1llc.{arch.rsplit('_', 1)[0]}_convnet_xs.{dataset}"
+    row = next((r for r in reported_rows() if r["id"] == wanted), None)
+    if row is None or row.get("clean") is None:
+        return "—"
+    cert = (row.get("certified") or {}).get("36/255")
+    return f"{row['clean']:.2f} / {'—' if cert is None else f'{cert:.2f}'}"
+
+
 def markdown(rows: list[dict], published: dict, runs: Path = REPO / "results" / "runs") -> str:
     eps_labels = ["36/255", "72/255", "108/255", "255/255"]
     head = "| model | clean (claimed / measured) | " + " | ".join(f"cert {e} (claimed / measured)" for e in eps_labels) \
-        + " | L bound | PGD violations | verified | target clean / cert 36/255 | training |"
-    lines = [head, "|" + "---|" * (len(eps_labels) + 7)]
+        + " | L bound | PGD violations | verified | target clean / cert 36/255 | 1LLC ConvNet-XS clean / cert 36/255 " \
+        "| training |"
+    lines = [head, "|" + "---|" * (len(eps_labels) + 8)]
     for r in rows:
         claims = published[r["name"]].get("claims") or {}
         measured = {}
@@ -156,6 +171,7 @@ def markdown(rows: list[dict], published: dict, runs: Path = REPO / "results" / 
         cells.append(f"{pgd['n_violations']} / {pgd['n_attacked']}" if pgd else "—")
         cells.append(("pass" if r.get("passed") else "**FAIL**") + f" ({r.get('mode')})")
         cells.append(_target_cell(r["name"], measured.get("clean accuracy"), measured.get("certified accuracy @ 36/255")))
+        cells.append(_reference_cell(r["name"]))
         cells.append(_training_cell(r["name"], runs))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -260,7 +276,9 @@ def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, pr
     cmd, measured_by = provenance
     md_full = md + (f"\n\nReproduce: {cmd} (downloads every model through the local hub and re-certifies it; "
                     f"`--render` rebuilds this table from the last measurements in `results/zoo.json`).{measured_by} "
-                    "Target: the project's target for the model and, where it is missed, the measured gap. Training: epochs "
+                    "Target: the project's target for the model and, where it is missed, the measured gap. 1LLC ConvNet-XS: "
+                    "the reference for a compact model, the 1LLC benchmark's ConvNet-XS with the same family's layer "
+                    "trained 24 h on an A100 (Prach et al. 2024, Table 2; `lipzoo paper`), not lipzoo's architecture. Training: epochs "
                     "and wall-clock hours of the committed run log (`results/runs/<model>/log.jsonl`) on this project's "
                     "2-core CPU, which was often shared with other work, and, where the log records it, the training "
                     "process's CPU time over both cores (`h CPU / 2`), the measure of the 3-hour budget.")

@@ -36,6 +36,18 @@ def test_markdown_shows_claimed_and_measured_values_and_the_verdict():
     assert "**FAIL** (full)" in line and "clean -0.79 pp" in line
 
 
+def test_zoo_table_shows_the_1llc_convnet_xs_reference_of_the_family():
+    """The weights issue's reference for a compact model: 1LLC Table 2 / its logs, ConvNet-XS, CIFAR-10."""
+    assert reproduce._reference_cell("soc_xs.cifar10") == "74.14 / 61.31"
+    assert reproduce._reference_cell("lot_xs.cifar10") == "75.54 / 63.45"
+    assert reproduce._reference_cell("sll_xs.cifar10") == "73.65 / 60.99"
+    assert reproduce._reference_cell("sandwich_xs.cifar10") == "—"  # 1LLC trains no Sandwich ConvNet
+    published = {"soc_xs.cifar10": {"claims": {"clean_accuracy": 0.7}}}
+    header, _, line = reproduce.markdown([_row("soc_xs.cifar10", 0.7, 0.5)], published).splitlines()
+    column = header.split("|").index(" 1LLC ConvNet-XS clean / cert 36/255 ")
+    assert line.split("|")[column].strip() == "74.14 / 61.31"
+
+
 def test_training_cell_sums_the_wall_clock_of_the_committed_run_log(tmp_path):
     run = tmp_path / "lot_xs.cifar10"
     run.mkdir()
