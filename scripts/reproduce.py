@@ -278,7 +278,7 @@ def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, pr
                     f"`--render` rebuilds this table from the last measurements in `results/zoo.json`).{measured_by} "
                     "Target: the project's target for the model and, where it is missed, the measured gap. 1LLC ConvNet-XS: "
                     "the reference for a compact model, the 1LLC benchmark's ConvNet-XS with the same family's layer "
-                    "trained 24 h on an A100 (Prach et al. 2024, Table 2; `lipzoo paper`), not lipzoo's architecture. Training: epochs "
+                    "trained 24 h on an A100 (Prach et al. 2024, Table 2; row `1llc.<family>_convnet_xs.cifar10` of `lipzoo/reported.json`), not lipzoo's architecture. Training: epochs "
                     "and wall-clock hours of the committed run log (`results/runs/<model>/log.jsonl`) on this project's "
                     "2-core CPU, which was often shared with other work, and, where the log records it, the training "
                     "process's CPU time over both cores (`h CPU / 2`), the measure of the 3-hour budget.")
