@@ -2,6 +2,7 @@
 clash before registering anything, and what the declarations say holds (recipes, converters, measured speeds)."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import math
@@ -49,6 +50,8 @@ def _family(name: str, variants: dict[str, Variant], **kw) -> Family:
     (_family("sll", {"sll_new": Variant("a")}), "family 'sll' is declared twice"),
     (_family("odd", {"odd_a": Variant("a"), "other_b": Variant("b")}), "starting with 'odd_'"),
     (_family("fmt", {"fmt_a": Variant("a")}, checkpoint_formats={"sll": "x"}), r"\['sll'\] of family 'fmt'"),
+    (_family("rcp", {"rcp_a": Variant("a")}, recipes={"sll_cpu": {}}), r"recipes \['sll_cpu'\] of family 'rcp' are "
+     "declared by 'sll'"),
 ])
 def test_a_clashing_declaration_registers_nothing(family, message):
     archs, families, timm_names = dict(ARCHS), dict(FAMILIES), set(timm.list_models())
@@ -76,6 +79,47 @@ def test_declared_recipes_exist_and_train_the_family():
     for recipe, family in declared.items():
         assert RECIPES[recipe].model in FAMILIES[family].variants, recipe
     assert ("sll_xs", "sll_cpu") in compact_runs() and len(compact_runs()) == 4
+
+
+# sha256 (first 16 hex digits) of json.dumps(Recipe.to_dict(), sort_keys=True) of every recipe, recorded from the
+# recipes as lipzoo/train/recipes.py wrote them before they moved into the declarations (issue 21); a resumed run
+# (runs/sandwich_cpu_long) refuses a changed recipe
+_RECIPE_FINGERPRINTS = {
+    "lot_cpu": "64f037965b153181",
+    "lot_paper": "11e2f9d670326406",
+    "sandwich_cpu": "3c10174c734545b7",
+    "sandwich_cpu_long": "930dbbb249609bcd",
+    "sandwich_paper": "52346c689f0f452e",
+    "sll_cpu": "7fc481540b1baa9b",
+    "sll_paper": "2cba20f7c9d6659a",
+    "soc_cpu": "6c25ab7b4c0ee664",
+    "soc_improved_paper": "44c1aaedd880a58b",
+    "soc_paper": "fb69a106cb602f5d",
+}
+
+
+def test_declared_recipes_are_the_recipes_field_by_field():
+    from lipzoo.train.recipes import RECIPES, family_recipes
+
+    def fingerprint(recipe) -> str:
+        return hashlib.sha256(json.dumps(recipe.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+    assert {name: fingerprint(r) for name, r in RECIPES.items()} == _RECIPE_FINGERPRINTS
+    long = RECIPES["sandwich_cpu_long"]  # spelled out: the fields a resumed run compares
+    assert (long.model, long.epochs, long.lr, long.betas, long.offset, long.temperature, long.ema_decay,
+            long.val_split, long.augment, long.pad_mode, long.fast) == (
+        "sandwich_xs", 200, 0.01, (0.9, 0.999), 1.0607, 0.125, 0.999, 5000, "crop_flip", "reflect", True)
+    assert [r.name for r in family_recipes("sll")] == ["sll_cpu", "sll_paper"]  # the declaration's order
+
+
+def test_a_recipe_with_an_unknown_field_is_refused_by_name():
+    from lipzoo.train.recipes import recipe_from_declaration
+
+    with pytest.raises(ValueError, match=r"recipe 'myfam_cpu' of family 'myfam' declares unknown fields \['epoch'\]"):
+        recipe_from_declaration("myfam_cpu", {"epoch": 3}, "myfam")
+    with pytest.raises(ValueError, match=r"unknown fields \['name'\].*its name is the key"):
+        recipe_from_declaration("myfam_cpu", {"name": "other"})
+    assert recipe_from_declaration("myfam_cpu", {"epochs": 3}).name == "myfam_cpu"
 
 
 def test_declared_converters_import_and_convert():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..train.recipes import RECIPES, Recipe, get_recipe
 
-__all__ = ["add_train_arguments", "recipe_from_args", "check_out_dir", "run_from_args", "register"]
+__all__ = ["RecipeHelpFormatter", "add_train_arguments", "recipe_from_args", "check_out_dir", "run_from_args", "register"]
 
 
 def _parse_value(field: dataclasses.Field, text: str):
@@ -31,8 +31,20 @@ def _parse_value(field: dataclasses.Field, text: str):
     return text
 
 
+class RecipeHelpFormatter(argparse.HelpFormatter):
+    """Lists the declared recipes in ``--recipe``'s help only when the help is printed (reading the declarations
+    imports the models, which building the parser must not)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.dest == "recipe" and action.help:
+            return f"{action.help}: {', '.join(sorted(RECIPES))}"
+        return action.help
+
+
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", default="sll_cpu", help=f"named recipe: {', '.join(sorted(RECIPES))}")
+    """The options of ``lipzoo train`` (pass ``formatter_class=RecipeHelpFormatter`` to ``p`` to list the recipes
+    in ``--help``)."""
+    p.add_argument("--recipe", default="sll_cpu", help="named recipe")
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, log.jsonl, model.safetensors, results.json)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt exactly where it stopped")
     p.add_argument("--data", default=None, help="CIFAR root (default: LIPZOO_DATA, ../shared/data, download)")
@@ -99,6 +111,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train a model with a named recipe (resumable; torchrun for DDP)")
+    p = sub.add_parser("train", help="train a model with a named recipe (resumable; torchrun for DDP)",
+                       formatter_class=RecipeHelpFormatter)
     add_train_arguments(p)
     p.set_defaults(func=run_from_args)

@@ -75,7 +75,8 @@ class Family:
     the authors' formats, format name -> converter module (dotted path, imported only on use, so the models floor
     never imports ``lipzoo.convert``). ``reference_converter``: the converter of the authors' reference modules
     (``lipzoo.convert.from_reference``), also for ``reference_aliases`` (other spec family names, e.g. a second repo).
-    ``recipes``: the family's training recipe names (``lipzoo.train.recipes``), the compact CPU recipe first.
+    ``recipes``: the family's training recipes as plain data, name -> ``lipzoo.train.Recipe`` fields (the name is the
+    key; ``lipzoo.train.recipes`` builds ``RECIPES`` from every family's), the compact CPU recipe first.
     ``bench_layers``: name -> constructor of a representative CIFAR-sized layer (64 channels in and out, 32x32).
     ``convnet_conv``: ``(channels, kernel_size, input_size) -> module``, the family's square "same" convolution
     (stride 1, ``channels -> channels``, for an ``input_size`` map) that the 1LLC ConvNet (``convnet_*``,
@@ -90,7 +91,7 @@ class Family:
     checkpoint_formats: Mapping[str, str] = field(default_factory=dict)
     reference_converter: str | None = None
     reference_aliases: tuple[str, ...] = ()
-    recipes: tuple[str, ...] = ()
+    recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     bench_layers: Mapping[str, Callable[[], Any]] = field(default_factory=dict)
     convnet_conv: Callable[[int, int, int], Any] | None = None
 
@@ -135,10 +136,16 @@ def _check(family: Family) -> None:
                                 f"starting with '{family.name}_'")
         if not isinstance(variant, Variant):
             raise RegistryError(f"variant {name!r} of family {family.name!r} is not a Variant")
-    taken = {fmt: f.name for f in FAMILIES.values() for fmt in f.checkpoint_formats}
-    clash = sorted(set(family.checkpoint_formats) & set(taken))
+    _refuse_taken(family, "checkpoint formats", lambda f: f.checkpoint_formats)
+    _refuse_taken(family, "recipes", lambda f: f.recipes)
+
+
+def _refuse_taken(family: Family, what: str, names: Callable[[Family], Mapping[str, Any]]) -> None:
+    """Refuse ``names(family)`` that a registered family already declares (formats and recipes are global names)."""
+    taken = {n: f.name for f in FAMILIES.values() for n in names(f)}
+    clash = sorted(set(names(family)) & set(taken))
     if clash:
-        raise RegistryError(f"checkpoint formats {clash} of family {family.name!r} are declared by {taken[clash[0]]!r}")
+        raise RegistryError(f"{what} {clash} of family {family.name!r} are declared by {taken[clash[0]]!r}")
 
 
 def _entry_point(family: Family, name: str, variant: Variant) -> Callable[..., Any]:

@@ -186,7 +186,20 @@ register_family(Family(
     },
     checkpoint_formats={"lot": "lipzoo.convert._lot"},
     reference_converter="lipzoo.convert._lot",
-    recipes=("lot_cpu", "lot_paper"),
+    recipes={  # name -> lipzoo.train.Recipe fields, the compact CPU recipe first
+        "lot_cpu": dict(
+            model="lot_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
+            weight_decay=0.0, schedule="triangular", loss="xent", augment="crop_flip", pad_mode="constant",
+            description="LOT on a 2-core CPU: SGD(0.05, m 0.9), triangular, xent, crop+flip",
+        ),
+        "lot_paper": dict(
+            model="lot_lipconvnet20", epochs=200, batch_size=256, optimizer="sgd", lr=0.1,
+            momentum=0.9, weight_decay=0.0, schedule="multistep", milestones=(0.5, 0.75), loss="ce",
+            augment="crop_flip", pad_mode="constant",
+            description="LOT repo: SGD(0.1, m 0.9), no weight decay for LOT, x0.1 at 50%/75%, CE (CReg gamma 0.5 "
+            "with --cr-gamma 0.5), crop+flip, 200 epochs, batch 256",
+        ),
+    },
     convnet_conv=lambda c, k, n: LOTConv2d(c, c, k, input_size=n),
     bench_layers={"LOT 3x3 (64 -> 64)": partial(LOTConv2d, 64, 64, 3)},
 ))

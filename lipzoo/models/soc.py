@@ -202,7 +202,33 @@ register_family(Family(
     },
     checkpoint_formats={"soc": "lipzoo.convert._soc", "soc-improved": "lipzoo.convert._soc"},
     reference_converter="lipzoo.convert._soc", reference_aliases=("improved",),
-    recipes=("soc_cpu", "soc_paper", "soc_improved_paper"),
+    recipes={  # name -> lipzoo.train.Recipe fields, the compact CPU recipe first
+        "soc_cpu": dict(
+            model="soc_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
+            weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("act", "theta"), schedule="triangular",
+            loss="xent", augment="crop_flip", pad_mode="constant",
+            # float32, as the published soc_xs run: SOC's Taylor convolutions stay float32 under autocast unless
+            # model_args {"soc_args": {"autocast_convs": true}} (scripts/bench.py train)
+            fast=False,
+            description="SOC on a 2-core CPU: SGD(0.05, m 0.9, wd 5e-4 on weights), triangular, xent, crop+flip, "
+            "float32",
+        ),
+        "soc_paper": dict(
+            model="soc_lipconvnet20", epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
+            momentum=0.9, weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("act", "activation", "theta"),
+            schedule="multistep", milestones=(0.5, 0.75), loss="ce", augment="crop_flip", pad_mode="constant",
+            description="SOC ICML'21 repo: SGD(0.1, m 0.9, wd 5e-4 except activations), x0.1 at 50%/75% of steps, "
+            "CE (- gamma * mean relu(cert) with --cr-gamma), crop+flip, 200 epochs, batch 128",
+        ),
+        "soc_improved_paper": dict(
+            model="soc_lipconvnet15", epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
+            momentum=0.9, weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("head", "logits"),
+            schedule="multistep", milestones=(0.5, 0.75), loss="ce", cr_gamma=0.0, grad_clip=1.0,
+            augment="crop_flip", pad_mode="constant",
+            description="improved_l2_robustness: SGD(0.1), wd 5e-4 on weights except the logits layer, x0.1 at "
+            "50%/75%, CE (+ curvature beta for the MLP head), grad clip 1.0, 200 epochs, batch 128; CR works here",
+        ),
+    },
     convnet_conv=lambda c, k, n: SOCConv2d(c, c, k),
     bench_layers={"SOC 3x3 (64 -> 64)": partial(SOCConv2d, 64, 64, 3)},
 ))

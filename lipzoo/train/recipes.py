@@ -1,5 +1,7 @@
-"""Named training recipes.
+"""Named training recipes: the :class:`Recipe` fields, and ``RECIPES`` built from the families' declarations.
 
+Each ``lipzoo/models/<family>.py`` declares its recipes as plain data (``Family.recipes``: name -> Recipe fields,
+with the comments that explain the values); adding a family's recipe touches only its declaration.
 Paper recipes follow the authors' code defaults as recorded in ``shared/notes/anchors-models.md``
 (§2.5 SOC, §3.4 LOT, §4.5 Sandwich/LBDN, §5.5 SLL), minus their known bugs: certificate regularisation (CR)
 works when ``cr_gamma > 0`` (the improved-techniques repo commented it out), the Sandwich conv ``alpha`` is a
@@ -11,9 +13,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator, Mapping
 
-__all__ = ["Recipe", "RECIPES", "get_recipe", "family_recipes", "compact_runs"]
+__all__ = ["Recipe", "RECIPES", "get_recipe", "recipe_from_declaration", "family_recipes", "compact_runs"]
 
 
 @dataclass
@@ -61,86 +63,47 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-_SLL_JITTER = "crop_flip_jitter"
+def recipe_from_declaration(name: str, fields: Mapping[str, Any], family: str = "") -> Recipe:
+    """The :class:`Recipe` ``name`` from a family's plain-data declaration (``Family.recipes[name]``: field ->
+    value; the name is the key). Raises ``ValueError`` naming the family on a field that ``Recipe`` does not have."""
+    known = {f.name for f in dataclasses.fields(Recipe)} - {"name"}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        where = f" of family {family!r}" if family else ""
+        raise ValueError(f"recipe {name!r}{where} declares unknown fields {unknown}; a recipe's fields are "
+                         f"{', '.join(sorted(known))} (its name is the key)")
+    return Recipe(name=name, **fields)
 
-RECIPES: dict[str, Recipe] = {
-    "sll_paper": Recipe(
-        name="sll_paper", model="sll_s", epochs=1000, batch_size=256, optimizer="adam", lr=0.01, betas=(0.5, 0.9),
-        weight_decay=0.0, schedule="triangular", loss="xent", augment=_SLL_JITTER, pad_mode="reflect",
-        description="SLL repo defaults: Adam(0.01, betas (0.5, 0.9)), triangular schedule [0,.4,.8,1]N -> "
-        "[0,lr,lr/20,0], xent (offset 2.12, T 0.25), crop(reflect)+flip+colour jitter, 1000 epochs; global batch "
-        "64 per GPU x 4 GPUs = 256",
-    ),
-    "sandwich_paper": Recipe(
-        name="sandwich_paper", model="sandwich_dnn", epochs=400, batch_size=256, optimizer="adam", lr=0.01,
-        weight_decay=0.0, schedule="triangular", loss="xent", augment=_SLL_JITTER, pad_mode="reflect",
-        description="LBDN certified DNN: Adam(0.01), triangular schedule, xent (offset 2.12, T 0.25), SLL "
-        "augmentation, 400 epochs, batch 256; conv alpha trained (the reference repo never trains it)",
-    ),
-    "soc_paper": Recipe(
-        name="soc_paper", model="soc_lipconvnet20", epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
-        momentum=0.9, weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("act", "activation", "theta"),
-        schedule="multistep", milestones=(0.5, 0.75), loss="ce", augment="crop_flip", pad_mode="constant",
-        description="SOC ICML'21 repo: SGD(0.1, m 0.9, wd 5e-4 except activations), x0.1 at 50%/75% of steps, "
-        "CE (- gamma * mean relu(cert) with --cr-gamma), crop+flip, 200 epochs, batch 128",
-    ),
-    "soc_improved_paper": Recipe(
-        name="soc_improved_paper", model="soc_lipconvnet15", epochs=200, batch_size=128, optimizer="sgd", lr=0.1,
-        momentum=0.9, weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("head", "logits"),
-        schedule="multistep", milestones=(0.5, 0.75), loss="ce", cr_gamma=0.0, grad_clip=1.0,
-        augment="crop_flip", pad_mode="constant",
-        description="improved_l2_robustness: SGD(0.1), wd 5e-4 on weights except the logits layer, x0.1 at "
-        "50%/75%, CE (+ curvature beta for the MLP head), grad clip 1.0, 200 epochs, batch 128; CR works here",
-    ),
-    "lot_paper": Recipe(
-        name="lot_paper", model="lot_lipconvnet20", epochs=200, batch_size=256, optimizer="sgd", lr=0.1,
-        momentum=0.9, weight_decay=0.0, schedule="multistep", milestones=(0.5, 0.75), loss="ce",
-        augment="crop_flip", pad_mode="constant",
-        description="LOT repo: SGD(0.1, m 0.9), no weight decay for LOT, x0.1 at 50%/75%, CE (CReg gamma 0.5 "
-        "with --cr-gamma 0.5), crop+flip, 200 epochs, batch 256",
-    ),
-    # compact CPU recipes (2 cores, channels_last + bf16 autocast)
-    "sll_cpu": Recipe(
-        name="sll_cpu", model="sll_xs", epochs=50, batch_size=256, optimizer="adam", lr=0.01, betas=(0.5, 0.9),
-        schedule="triangular", loss="xent", augment="crop_flip", pad_mode="reflect",
-        # half the LBDN offset and temperature: with L = 1, offset 2.12 asks for a logit margin ~10x what 36/255
-        # needs (sqrt(2) * 0.14); halving both doubles the logit scale for the same offset in the loss
-        offset=1.0607, temperature=0.125,
-        description="SLL recipe shortened for a 2-core CPU: Adam(0.01, (0.5, 0.9)), triangular, xent (offset 1.06, "
-        "T 0.125), crop+flip",
-    ),
-    "sandwich_cpu": Recipe(
-        name="sandwich_cpu", model="sandwich_xs", epochs=60, batch_size=256, optimizer="adam", lr=0.01,
-        schedule="triangular", loss="xent", augment="crop_flip", pad_mode="reflect",
-        offset=1.0607, temperature=0.125,  # halved LBDN values, as in sll_cpu
-        description="LBDN recipe shortened for a 2-core CPU: Adam(0.01), triangular, xent (offset 1.06, T 0.125), "
-        "crop+flip",
-    ),
-    # round 2 (issue 24): the best compact recipe, 3.3x longer, with weight averaging; 5,000 training images are
-    # held out for validation (per-epoch val metrics of the trained and the averaged weights; no test-set selection)
-    "sandwich_cpu_long": Recipe(
-        name="sandwich_cpu_long", model="sandwich_xs", epochs=200, batch_size=256, optimizer="adam", lr=0.01,
-        schedule="triangular", loss="xent", augment="crop_flip", pad_mode="reflect",
-        offset=1.0607, temperature=0.125, ema_decay=0.999, val_split=5000,
-        description="sandwich_cpu for 200 epochs with EMA 0.999 (the averaged weights are exported and certified) "
-        "and a 5,000-image validation split; ~5 h on an idle 2-core CPU",
-    ),
-    "soc_cpu": Recipe(
-        name="soc_cpu", model="soc_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
-        weight_decay=5e-4, wd_rule="weights", no_wd_keywords=("act", "theta"), schedule="triangular",
-        loss="xent", augment="crop_flip", pad_mode="constant",
-        # float32, as the published soc_xs run: SOC's Taylor convolutions stay float32 under autocast unless
-        # model_args {"soc_args": {"autocast_convs": true}} (scripts/bench.py train)
-        fast=False,
-        description="SOC on a 2-core CPU: SGD(0.05, m 0.9, wd 5e-4 on weights), triangular, xent, crop+flip, "
-        "float32",
-    ),
-    "lot_cpu": Recipe(
-        name="lot_cpu", model="lot_xs", epochs=70, batch_size=256, optimizer="sgd", lr=0.05, momentum=0.9,
-        weight_decay=0.0, schedule="triangular", loss="xent", augment="crop_flip", pad_mode="constant",
-        description="LOT on a 2-core CPU: SGD(0.05, m 0.9), triangular, xent, crop+flip",
-    ),
-}
+
+class _DeclaredRecipes(Mapping[str, Recipe]):
+    """Every family's declared recipes (family order, then declaration order), read from the declarations on first
+    use: importing this module (the command line's parser) does not import the models, hence not torch."""
+
+    def __init__(self) -> None:
+        self._recipes: dict[str, Recipe] | None = None
+
+    def _built(self) -> dict[str, Recipe]:
+        if self._recipes is None:
+            from ..models import FAMILIES
+
+            self._recipes = {name: recipe_from_declaration(name, fields, family.name)
+                             for family in FAMILIES.values() for name, fields in family.recipes.items()}
+        return self._recipes
+
+    def __getitem__(self, name: str) -> Recipe:
+        return self._built()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._built())
+
+    def __len__(self) -> int:
+        return len(self._built())
+
+    def __repr__(self) -> str:
+        return repr(self._built())
+
+
+RECIPES: Mapping[str, Recipe] = _DeclaredRecipes()
 
 
 def get_recipe(name: str) -> Recipe:
