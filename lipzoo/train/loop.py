@@ -25,7 +25,7 @@ import os
 import platform
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +243,252 @@ def _batch_certified(model: nn.Module, logits: torch.Tensor, labels: torch.Tenso
         return float("nan")
 
 
+@dataclass
+class _Data:
+    """The training images (uint8 NHWC tensors), the validation split (numpy, or ``None``) and the step counts."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    val: tuple[np.ndarray, np.ndarray] | None
+    steps_per_epoch: int
+    total_steps: int
+
+
+@dataclass
+class _Run:
+    """Everything one training run holds: its recipe, device and DDP place, data, model, optimizer, scheduler,
+    loss, weight average and the optimizer-step counter ``step`` (the only state that advances)."""
+
+    recipe: Recipe
+    dev: torch.device
+    rank: int
+    world: int
+    out: TrainState
+    data: _Data
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    loss_fn: TrainingLoss
+    ema: WeightEMA | None
+    ema_model: nn.Module | None
+    step: int = 0
+    train_model: nn.Module | None = None
+    aug: AugmentConfig | None = None
+    captured: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_save: float = 0.0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def in_dtype(self) -> torch.dtype:
+        return torch.bfloat16 if (self.recipe.fast and self.dev.type == "cpu") else torch.float32
+
+    def save_checkpoint(self) -> None:
+        if not self.is_main:
+            return
+        _save_atomic({
+            "model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+            "rng_cpu": torch.get_rng_state(), "epoch": self.step // self.data.steps_per_epoch, "step": self.step,
+            "recipe": json.loads(json.dumps(self.recipe.to_dict())),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+        }, self.out.ckpt)
+
+    def averaged(self) -> nn.Module:
+        """The weights that are exported and certified: the EMA when it is on, else the trained model."""
+        return self.model if self.ema is None else self.ema.copy_to(self.ema_model, self.model)
+
+
+def _load_data(recipe: Recipe, data_root: str | None, train_subset: int | None) -> _Data:
+    x_all, y_all = load_cifar(recipe.dataset, "train", data_root)
+    if train_subset:
+        x_all, y_all = x_all[:train_subset], y_all[:train_subset]
+    (x_tr, y_tr), val = _split_train_val(x_all, y_all, recipe.val_split, recipe.seed)
+    steps_per_epoch = len(y_tr) // recipe.batch_size  # drop_last, as the reference loops do
+    if steps_per_epoch == 0:
+        raise ValueError(f"training set of {len(y_tr)} images is smaller than one batch ({recipe.batch_size})")
+    return _Data(torch.from_numpy(np.ascontiguousarray(x_tr)), torch.from_numpy(y_tr), val, steps_per_epoch,
+                 recipe.epochs * steps_per_epoch)
+
+
+def _setup(recipe: Recipe, out_dir: str | Path, device: str | None, data_root: str | None,
+           train_subset: int | None) -> _Run:
+    """Device, process group, output folder, data, then (seeded with ``recipe.seed``) model, optimizer, scheduler,
+    loss and weight average, in this order (the order fixes the RNG draws)."""
+    import timm
+
+    from ..models._registry import resolve_name
+
+    dev = _pick_device(device)
+    rank, world = _init_distributed(dev)
+    out = TrainState(Path(out_dir))
+    if rank == 0:
+        out.dir.mkdir(parents=True, exist_ok=True)
+    if recipe.batch_size % world:
+        raise ValueError(f"global batch {recipe.batch_size} is not divisible by the world size {world}")
+    data = _load_data(recipe, data_root, train_subset)
+
+    torch.manual_seed(recipe.seed)
+    num_classes = 100 if recipe.dataset == "cifar100" else 10
+    model = timm.create_model(resolve_name(recipe.model), num_classes=num_classes, **recipe.model_args).to(dev)
+    if recipe.fast:
+        model = model.to(memory_format=torch.channels_last)
+    opt = build_optimizer(model, recipe)
+    sched = build_scheduler(opt, recipe, data.steps_per_epoch)
+    loss_fn = TrainingLoss(recipe.loss, recipe.offset, recipe.temperature, recipe.margin, recipe.cr_gamma,
+                           recipe.curvature_beta)
+    # the averaged weights and a copy of the model to evaluate them in (deepcopy: no RNG is drawn, so training
+    # is the same with and without EMA); created before any hook is registered on the model
+    ema = WeightEMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
+    ema_model = copy.deepcopy(model).eval() if ema is not None else None
+    return _Run(recipe, dev, rank, world, out, data, model, opt, sched, loss_fn, ema, ema_model)
+
+
+def _resume_or_refuse(run: _Run, resume: bool) -> None:
+    """Load ``checkpoint.pt`` (model, optimizer, scheduler, CPU RNG, step, EMA) when ``resume``, refusing a changed
+    recipe; refuse to overwrite an existing checkpoint without ``resume``. Then write ``recipe.json``."""
+    out, recipe = run.out, run.recipe
+    if resume and out.ckpt.exists():
+        ck = torch.load(out.ckpt, map_location="cpu", weights_only=True)
+        # a field added to Recipe after the checkpoint was written ran with its default (e.g. ema_decay = 0)
+        saved = {**json.loads(json.dumps(Recipe().to_dict())), **ck["recipe"]}
+        now = json.loads(json.dumps(recipe.to_dict()))
+        if saved != now:
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(f"cannot resume {out.ckpt}: the recipe changed ({', '.join(changed)}); use a new --out")
+        run.model.load_state_dict(ck["model"])
+        run.opt.load_state_dict(ck["optimizer"])
+        run.sched.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["rng_cpu"])
+        run.step = int(ck["step"])
+        if run.ema is not None:
+            run.ema.load_state_dict(ck["ema"])
+    elif out.ckpt.exists() and run.is_main:
+        raise FileExistsError(f"{out.ckpt} exists: pass resume=True (--resume) to continue, or use a new output dir")
+    if run.is_main:
+        (out.dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+
+
+def _wrap(run: _Run) -> None:
+    """The module that runs the forward pass (DDP over ``world > 1`` processes), the augmentation, and, for the
+    MLP-curvature rule, a hook that captures the head's input (works under DDP too)."""
+    run.train_model = run.model
+    if run.world > 1:
+        ids = [run.dev.index] if run.dev.type == "cuda" else None
+        run.train_model = nn.parallel.DistributedDataParallel(run.model, device_ids=ids)
+    run.aug = _augment_config(run.recipe)
+    if rule_of(run.model).needs_features:
+        run.model.get_classifier().register_forward_hook(
+            lambda m, inp, out: run.captured.__setitem__("features", inp[0]))
+
+
+def _train_step(run: _Run, perm: torch.Tensor, epoch: int, lipschitz: float) -> tuple[float, float, float]:
+    """One optimizer step on this rank's slice of the global batch ``step``; returns (loss, accuracy, certified
+    fraction at 36/255 every 10th step, else nan)."""
+    recipe, dev, model = run.recipe, run.dev, run.model
+    i = run.step % run.data.steps_per_epoch
+    idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+    xb = augment_batch(run.data.x[idx], run.aug, _seeded(recipe.seed, epoch, i), dtype=run.in_dtype)
+    yb = run.data.y[idx]
+    local_bs = recipe.batch_size // run.world
+    lo, hi = run.rank * local_bs, (run.rank + 1) * local_bs
+    xb, yb = xb[lo:hi].to(dev), yb[lo:hi].to(dev)
+    with torch.autocast(dev.type, dtype=torch.bfloat16) if recipe.fast else nullcontext():
+        logits = run.train_model(xb)
+    loss = run.loss_fn(model, logits.float(), yb, features=run.captured.get("features"), lipschitz=lipschitz)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if recipe.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+    run.opt.step()
+    run.sched.step()
+    if run.ema is not None:
+        run.ema.update(model)
+    run.step += 1
+    with torch.no_grad():
+        acc = float((logits.argmax(1) == yb).float().mean())
+    cert = _batch_certified(model, logits.detach(), yb, lipschitz, run.captured.get("features")) \
+        if (i % 10 == 0) else float("nan")
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"loss is {loss_value} at step {run.step}; lower the lr or check the data")
+    return loss_value, acc, cert
+
+
+def _train_epoch(run: _Run, stop_at: int, lipschitz: float, progress: bool) -> dict[str, float]:
+    """The steps of the current epoch up to ``stop_at`` (a resumed epoch starts mid-way, on the same permutation),
+    checkpointing every ``checkpoint_minutes``; returns the sums for the epoch record."""
+    recipe, spe = run.recipe, run.data.steps_per_epoch
+    epoch = run.step // spe
+    perm = torch.randperm(len(run.data.y), generator=_seeded(recipe.seed, epoch))
+    run.train_model.train()
+    sums = {"loss": 0.0, "acc": 0.0, "cert": 0.0, "n": 0}
+    sums["t0"], sums["cpu0"] = time.time(), time.process_time()
+    pbar = None
+    if progress and run.is_main:
+        from tqdm.auto import tqdm
+
+        pbar = tqdm(total=spe, initial=run.step % spe, desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
+                    dynamic_ncols=True)
+    while run.step < stop_at and run.step // spe == epoch:
+        loss_value, acc, cert = _train_step(run, perm, epoch, lipschitz)
+        sums["loss"] += loss_value; sums["acc"] += acc; sums["n"] += 1
+        if cert == cert:
+            sums["cert"] += cert; sums.setdefault("ncert", 0); sums["ncert"] += 1
+        if pbar is not None:
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.3f}", cert36=f"{cert:.3f}" if cert == cert else "-",
+                             ips=f"{sums['n'] * recipe.batch_size / (time.time() - sums['t0']):.0f}")
+        if time.time() - run.last_save > recipe.checkpoint_minutes * 60:
+            run.save_checkpoint()
+            run.last_save = time.time()
+    if pbar is not None:
+        pbar.close()
+    return sums
+
+
+def _epoch_record(run: _Run, epoch: int, sums: dict[str, float], lipschitz: float) -> dict[str, Any]:
+    """The log record of an epoch (``partial`` when it stopped mid-way), with validation metrics when
+    ``val_split > 0`` (and those of the averaged weights when EMA is on)."""
+    recipe, t0 = run.recipe, sums["t0"]
+    rec = {
+        "epoch": epoch + 1, "step": run.step, "partial": run.step % run.data.steps_per_epoch != 0,
+        "loss": sums["loss"] / sums["n"], "train_acc": sums["acc"] / sums["n"],
+        "train_cert36": sums["cert"] / max(sums.get("ncert", 0), 1),
+        "lr": run.opt.param_groups[0]["lr"], "lipschitz_bound": lipschitz,
+        "seconds": time.time() - t0, "images_per_s": sums["n"] * recipe.batch_size / (time.time() - t0),
+        "cpu_seconds": time.process_time() - sums["cpu0"],  # this process's CPU time, all threads (rank 0)
+    }
+    val, dev = run.data.val, run.dev
+    if val is not None:
+        rec.update(_quick_eval(run.model, val[0], val[1], dev))
+        if run.ema is not None:
+            ema_val = _quick_eval(run.averaged(), val[0], val[1], dev)
+            rec.update({"val_ema_" + k[len("val_"):]: v for k, v in ema_val.items()})
+    return rec
+
+
+def _finish(run: _Run, evaluate: bool, data_root: str | None, eval_subset: int | None) -> dict[str, Any]:
+    """After the last step: export the (averaged) weights and, when ``evaluate``, certify them on the test set."""
+    from .._version import __version__
+
+    recipe, step, total_steps = run.recipe, run.step, run.data.total_steps
+    if run.world > 1:
+        dist.barrier()
+    result: dict[str, Any] = {"step": step, "total_steps": total_steps, "finished": step >= total_steps}
+    if run.is_main and step >= total_steps:
+        meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": __version__,
+                "git_revision": code_revision()[0] or "unknown"}
+        final = run.averaged()
+        if run.ema is not None:
+            meta["ema_decay"] = str(recipe.ema_decay)
+        export_model(final, run.out.dir / "model.safetensors", meta)
+        if evaluate:
+            result["claims"] = evaluate_and_write(final, recipe, run.out.dir, data_root, eval_subset)
+    return result
+
+
 def train(
     recipe: Recipe,
     out_dir: str | Path,
@@ -264,182 +510,26 @@ def train(
     autocast on GPU) and is recorded in the run's recipe.
     ``train_subset`` / ``eval_subset`` use the first N images (for tests only).
     """
-    import timm
-
-    from .._version import __version__
-    from ..models._registry import resolve_name
-
     if fast is not None:
         recipe = recipe.replace(fast=fast)
-    fast = recipe.fast
-    dev = _pick_device(device)
-    rank, world = _init_distributed(dev)
-    is_main = rank == 0
-    out = TrainState(Path(out_dir))
-    if is_main:
-        out.dir.mkdir(parents=True, exist_ok=True)
-    if recipe.batch_size % world:
-        raise ValueError(f"global batch {recipe.batch_size} is not divisible by the world size {world}")
-    local_bs = recipe.batch_size // world
+    run = _setup(recipe, out_dir, device, data_root, train_subset)
+    _resume_or_refuse(run, resume)
+    _wrap(run)
 
-    x_all, y_all = load_cifar(recipe.dataset, "train", data_root)
-    if train_subset:
-        x_all, y_all = x_all[:train_subset], y_all[:train_subset]
-    (x_tr, y_tr), val = _split_train_val(x_all, y_all, recipe.val_split, recipe.seed)
-    x_tr_t, y_tr_t = torch.from_numpy(np.ascontiguousarray(x_tr)), torch.from_numpy(y_tr)
-    steps_per_epoch = len(y_tr) // recipe.batch_size  # drop_last, as the reference loops do
-    if steps_per_epoch == 0:
-        raise ValueError(f"training set of {len(y_tr)} images is smaller than one batch ({recipe.batch_size})")
-    total_steps = recipe.epochs * steps_per_epoch
-
-    torch.manual_seed(recipe.seed)
-    num_classes = 100 if recipe.dataset == "cifar100" else 10
-    model = timm.create_model(resolve_name(recipe.model), num_classes=num_classes, **recipe.model_args).to(dev)
-    if fast:
-        model = model.to(memory_format=torch.channels_last)
-    opt = build_optimizer(model, recipe)
-    sched = build_scheduler(opt, recipe, steps_per_epoch)
-    loss_fn = TrainingLoss(recipe.loss, recipe.offset, recipe.temperature, recipe.margin, recipe.cr_gamma,
-                           recipe.curvature_beta)
-    step = 0
-    # the averaged weights and a copy of the model to evaluate them in (deepcopy: no RNG is drawn, so training
-    # is the same with and without EMA); created before any hook is registered on the model
-    ema = WeightEMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
-    ema_model = copy.deepcopy(model).eval() if ema is not None else None
-    if resume and out.ckpt.exists():
-        ck = torch.load(out.ckpt, map_location="cpu", weights_only=True)
-        # a field added to Recipe after the checkpoint was written ran with its default (e.g. ema_decay = 0)
-        saved = {**json.loads(json.dumps(Recipe().to_dict())), **ck["recipe"]}
-        now = json.loads(json.dumps(recipe.to_dict()))
-        if saved != now:
-            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise ValueError(f"cannot resume {out.ckpt}: the recipe changed ({', '.join(changed)}); use a new --out")
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng_cpu"])
-        step = int(ck["step"])
-        if ema is not None:
-            ema.load_state_dict(ck["ema"])
-    elif out.ckpt.exists() and is_main:
-        raise FileExistsError(f"{out.ckpt} exists: pass resume=True (--resume) to continue, or use a new output dir")
-    if is_main:
-        (out.dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-
-    train_model: nn.Module = model
-    if world > 1:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
-    use_amp = fast
-    amp_dtype = torch.bfloat16
-    in_dtype = torch.bfloat16 if (fast and dev.type == "cpu") else torch.float32
-    aug = _augment_config(recipe)
-
-    def save_checkpoint() -> None:
-        if not is_main:
-            return
-        _save_atomic({
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng_cpu": torch.get_rng_state(), "epoch": step // steps_per_epoch, "step": step,
-            "recipe": json.loads(json.dumps(recipe.to_dict())),
-            **({"ema": ema.state_dict()} if ema is not None else {}),
-        }, out.ckpt)
-
-    def averaged() -> nn.Module:
-        """The weights that are exported and certified: the EMA when it is on, else the trained model."""
-        return model if ema is None else ema.copy_to(ema_model, model)
-
-    # the MLP-curvature rule needs the head's input: capture it with a hook (works under DDP too)
-    captured: dict[str, torch.Tensor] = {}
-    if rule_of(model).needs_features:
-        model.get_classifier().register_forward_hook(lambda m, inp, out: captured.__setitem__("features", inp[0]))
-
-    last_save = time.time()
-    stop_at = total_steps if max_steps is None else min(total_steps, max_steps)
-    lipschitz = float(model.lipschitz_bound()) if step < stop_at else 1.0
-    pbar = None
-    while step < stop_at:
-        epoch = step // steps_per_epoch
-        perm = torch.randperm(len(y_tr), generator=_seeded(recipe.seed, epoch))
-        train_model.train()
-        sums = {"loss": 0.0, "acc": 0.0, "cert": 0.0, "n": 0}
-        t0, cpu0 = time.time(), time.process_time()
-        if progress and is_main:
-            from tqdm.auto import tqdm
-
-            pbar = tqdm(total=steps_per_epoch, initial=step % steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
-                        leave=False, dynamic_ncols=True)
-        while step < stop_at and step // steps_per_epoch == epoch:
-            i = step % steps_per_epoch
-            idx = perm[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-            g = _seeded(recipe.seed, epoch, i)
-            xb = augment_batch(x_tr_t[idx], aug, g, dtype=in_dtype)
-            yb = y_tr_t[idx]
-            xb, yb = xb[rank * local_bs:(rank + 1) * local_bs].to(dev), yb[rank * local_bs:(rank + 1) * local_bs].to(dev)
-            ctx = torch.autocast(dev.type, dtype=amp_dtype) if use_amp else nullcontext()
-            with ctx:
-                logits = train_model(xb)
-            loss = loss_fn(model, logits.float(), yb, features=captured.get("features"), lipschitz=lipschitz)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip:
-                nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-            opt.step()
-            sched.step()
-            if ema is not None:
-                ema.update(model)
-            step += 1
-            with torch.no_grad():
-                acc = float((logits.argmax(1) == yb).float().mean())
-            cert = _batch_certified(model, logits.detach(), yb, lipschitz, captured.get("features")) \
-                if (i % 10 == 0) else float("nan")
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at step {step}; lower the lr or check the data")
-            sums["loss"] += loss_value; sums["acc"] += acc; sums["n"] += 1
-            if cert == cert:
-                sums["cert"] += cert; sums.setdefault("ncert", 0); sums["ncert"] += 1
-            if pbar is not None:
-                pbar.update(1)
-                pbar.set_postfix(loss=f"{loss_value:.3f}", acc=f"{acc:.3f}",
-                                 cert36=f"{cert:.3f}" if cert == cert else "-",
-                                 ips=f"{sums['n'] * recipe.batch_size / (time.time() - t0):.0f}")
-            if time.time() - last_save > recipe.checkpoint_minutes * 60:
-                save_checkpoint()
-                last_save = time.time()
-        if pbar is not None:
-            pbar.close()
-        lipschitz = float(model.lipschitz_bound())
-        if is_main and sums["n"]:
-            rec = {
-                "epoch": epoch + 1, "step": step, "partial": step % steps_per_epoch != 0,
-                "loss": sums["loss"] / sums["n"], "train_acc": sums["acc"] / sums["n"],
-                "train_cert36": sums["cert"] / max(sums.get("ncert", 0), 1),
-                "lr": opt.param_groups[0]["lr"], "lipschitz_bound": lipschitz,
-                "seconds": time.time() - t0, "images_per_s": sums["n"] * recipe.batch_size / (time.time() - t0),
-                "cpu_seconds": time.process_time() - cpu0,  # this process's CPU time, all threads (rank 0)
-            }
-            if val is not None:
-                rec.update(_quick_eval(model, val[0], val[1], dev))
-                if ema is not None:
-                    rec.update({"val_ema_" + k[len("val_"):]: v
-                                for k, v in _quick_eval(averaged(), val[0], val[1], dev).items()})
-            out.log_epoch(rec)
+    run.last_save = time.time()
+    stop_at = run.data.total_steps if max_steps is None else min(run.data.total_steps, max_steps)
+    lipschitz = float(run.model.lipschitz_bound()) if run.step < stop_at else 1.0
+    while run.step < stop_at:
+        epoch = run.step // run.data.steps_per_epoch
+        sums = _train_epoch(run, stop_at, lipschitz, progress)
+        lipschitz = float(run.model.lipschitz_bound())
+        if run.is_main and sums["n"]:
+            rec = _epoch_record(run, epoch, sums, lipschitz)
+            run.out.log_epoch(rec)
             print(json.dumps(rec), flush=True)
-        save_checkpoint()
-        last_save = time.time()
-    if world > 1:
-        dist.barrier()
-    result: dict[str, Any] = {"step": step, "total_steps": total_steps, "finished": step >= total_steps}
-    if is_main and step >= total_steps:
-        meta = {"arch": recipe.model, "recipe": recipe.name, "lipzoo_version": __version__,
-                "git_revision": code_revision()[0] or "unknown"}
-        final = averaged()
-        if ema is not None:
-            meta["ema_decay"] = str(recipe.ema_decay)
-        export_model(final, out.dir / "model.safetensors", meta)
-        if evaluate:
-            result["claims"] = evaluate_and_write(final, recipe, out.dir, data_root, eval_subset)
-    return result
+        run.save_checkpoint()
+        run.last_save = time.time()
+    return _finish(run, evaluate, data_root, eval_subset)
 
 
 def _quick_eval(model: nn.Module, x: np.ndarray, y: np.ndarray, dev: torch.device) -> dict[str, float]:
