@@ -246,6 +246,66 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _card_data(model_id: str, family: str, dataset: str, claims: Mapping[str, Any], license: str,
+               attack: Mapping[str, Any] | None) -> ModelCardData:
+    """The front matter: timm library, tags, datasets and the ``model-index`` (claims, then AutoAttack metrics)."""
+    return ModelCardData(
+        library_name="timm", license=license, pipeline_tag="image-classification",
+        tags=["image-classification", "timm", "lipzoo", "certified-robustness", "lipschitz", "1-lipschitz", family, dataset],
+        datasets=[dataset], metrics=["accuracy", CERTIFIED] + ([ROBUST] if attack else []), model_name=model_id,
+        eval_results=claims_to_eval_results(claims) + (attack_to_eval_results(attack) if attack else []),
+    )
+
+
+def _summary(family: str, arch: str, dataset: str, claims: Mapping[str, Any], cert: Mapping[str, float]) -> str:
+    """The card's first paragraph: clean accuracy and the certified accuracy at the smallest eps."""
+    first = next(iter(cert), None)
+    return (f"A certifiably robust {family.upper()} network (`{arch}`) trained on "
+            f"{DATASET_NAMES.get(dataset, dataset)}: clean accuracy {_pct(claims['clean_accuracy'])}"
+            + (f", certified l2 robust accuracy {_pct(cert[first])} at eps={first}" if first else "")
+            + ". Every accuracy on this card was measured by lipzoo's certifier and is re-checked on download.")
+
+
+def _reproduce_command(model_id: str, dataset: str, claims: Mapping[str, Any], subset: str) -> str:
+    """``lipzoo certify`` for the full test set or its first n images; a Python snippet for the quick subset."""
+    if subset == "full" or subset.startswith("first_"):
+        return f"lipzoo certify {model_id} --pretrained" + (f" --n {claims['n']}" if subset != "full" else "")
+    return "\n".join([  # lipzoo.verify's stratified quick subset
+        "python - <<'EOF'",
+        "import lipzoo",
+        "from lipzoo import certify",
+        "from lipzoo.data import CIFAR",
+        "from lipzoo.verification import quick_subset_indices",
+        f"model = lipzoo.create_model({model_id!r}, pretrained=True)",
+        f"images, labels = CIFAR({dataset!r}, 'test').tensors()",
+        "idx = quick_subset_indices(labels)",
+        f"print(certify(model, images[idx], labels[idx]).to_claims({dataset!r}, 'test', 'quick'))",
+        "EOF",
+    ])
+
+
+def _model_values(info: Mapping[str, Any], stats: Mapping[str, Any], claims: Mapping[str, Any],
+                  dataset: str) -> dict[str, Any]:
+    """The template's model section: family, paper, size, the proven bound, its scope and the radius rule, and the
+    input normalisation's effect on the radius (a normalisation with std ``s`` scales it by ``1 / min(s)``)."""
+    family = info.get("family", "")
+    radius_rule, scope = _radius_rule(claims.get("head_rule"))
+    norm = float(stats["norm_factor"])
+    norm_effect = ("the std is 1, so the normalisation does not change the radius." if abs(norm - 1) < 1e-12 else
+                   f"without it, radii in normalised space would be {norm:.4g} times larger than the pixel-space "
+                   "radii reported here.")
+    return dict(
+        family_upper=family.upper(), description=info.get("description", ""), paper=info.get("paper", ""),
+        bibtex=info.get("bibtex"), dataset_name=DATASET_NAMES.get(dataset, dataset), num_classes=claims.get("num_classes") or
+        {"cifar10": 10, "cifar100": 100}.get(dataset, "?"),
+        params_m=f"{stats['params'] / 1e6:.2f}", gmacs=f"{stats['gmacs']:.3f}" if stats.get("gmacs") is not None else "n/a",
+        image_size="x".join(str(s) for s in stats.get("input_size", [3, 32, 32])[1:]),
+        lipschitz_bound=f"{float(claims.get('lipschitz_bound', stats['lipschitz_bound'])):.8g}", bound_scope=scope,
+        radius_rule=radius_rule,
+        mean=_fmt(stats["mean"]), std=_fmt(stats["std"]), norm_factor=f"{norm:.4g}", norm_effect=norm_effect,
+    )
+
+
 def render_card(
     *,
     repo_id: str,
@@ -283,66 +343,29 @@ def render_card(
     from .server import DEFAULT_PORT
 
     model_id = f"{arch}.{tag}"
-    dataset = claims["dataset"]
-    family = info.get("family", "")
-    card_data = ModelCardData(
-        library_name="timm", license=license, pipeline_tag="image-classification",
-        tags=["image-classification", "timm", "lipzoo", "certified-robustness", "lipschitz", "1-lipschitz", family, dataset],
-        datasets=[dataset], metrics=["accuracy", CERTIFIED] + ([ROBUST] if attack else []), model_name=model_id,
-        eval_results=claims_to_eval_results(claims) + (attack_to_eval_results(attack) if attack else []),
-    )
+    dataset, family = claims["dataset"], info.get("family", "")
+    card_data = _card_data(model_id, family, dataset, claims, license, attack)
     extra_metrics = list(extra_metrics or []) + (attack_rows(attack) if attack else [])
     eps = claims.get("eps", {})
     cert = dict(sorted(claims["certified_accuracy"].items(), key=lambda kv: float(eps.get(kv[0], 0))))  # by radius
-    first = next(iter(cert), None)
-    summary = (f"A certifiably robust {family.upper()} network (`{arch}`) trained on "
-               f"{DATASET_NAMES.get(dataset, dataset)}: clean accuracy {_pct(claims['clean_accuracy'])}"
-               + (f", certified l2 robust accuracy {_pct(cert[first])} at eps={first}" if first else "")
-               + ". Every accuracy on this card was measured by lipzoo's certifier and is re-checked on download.")
     subset = claims.get("subset", "full")
     rows = [{"label": k, "value": f"{float(claims['eps'][k]):.4f}", "accuracy": _pct(v)} for k, v in cert.items()]
-    if subset == "full" or subset.startswith("first_"):
-        reproduce = f"lipzoo certify {model_id} --pretrained" + (f" --n {claims['n']}" if subset != "full" else "")
-    else:  # lipzoo.verify's stratified quick subset
-        reproduce = "\n".join([
-            "python - <<'EOF'",
-            "import lipzoo",
-            "from lipzoo import certify",
-            "from lipzoo.data import CIFAR",
-            "from lipzoo.verification import quick_subset_indices",
-            f"model = lipzoo.create_model({model_id!r}, pretrained=True)",
-            f"images, labels = CIFAR({dataset!r}, 'test').tensors()",
-            "idx = quick_subset_indices(labels)",
-            f"print(certify(model, images[idx], labels[idx]).to_claims({dataset!r}, 'test', 'quick'))",
-            "EOF",
-        ])
-    radius_rule, scope = _radius_rule(claims.get("head_rule"))
-    norm = float(stats["norm_factor"])
-    norm_effect = ("the std is 1, so the normalisation does not change the radius." if abs(norm - 1) < 1e-12 else
-                   f"without it, radii in normalised space would be {norm:.4g} times larger than the pixel-space "
-                   "radii reported here.")
-    card = ModelCard.from_template(
+    return ModelCard.from_template(
         card_data, template_str=template_text(template_path), dataset=dataset, repo_url=repo_url or default_repo_url(),
         label_names=list(label_names or []), training_time=training_time, hardware=hardware,
         extra_metrics=list(extra_metrics or []), card_note=card_note, local_hub_port=DEFAULT_PORT,
-        model_id=model_id, repo_id=repo_id, arch=arch, summary=summary, quick_subset=subset != "full",
+        model_id=model_id, repo_id=repo_id, arch=arch, summary=_summary(family, arch, dataset, claims, cert),
+        quick_subset=subset != "full",
         subset_description="lipzoo.verify's quick subset (100 images per class)" if subset == "quick"
         else f"the first {claims['n']} test images",
-        family_upper=family.upper(), description=info.get("description", ""), paper=info.get("paper", ""),
-        bibtex=info.get("bibtex"), dataset_name=DATASET_NAMES.get(dataset, dataset), num_classes=claims.get("num_classes") or
-        {"cifar10": 10, "cifar100": 100}.get(dataset, "?"),
-        params_m=f"{stats['params'] / 1e6:.2f}", gmacs=f"{stats['gmacs']:.3f}" if stats.get("gmacs") is not None else "n/a",
-        image_size="x".join(str(s) for s in stats.get("input_size", [3, 32, 32])[1:]),
-        lipschitz_bound=f"{float(claims.get('lipschitz_bound', stats['lipschitz_bound'])):.8g}", bound_scope=scope,
-        radius_rule=radius_rule,
-        mean=_fmt(stats["mean"]), std=_fmt(stats["std"]), norm_factor=f"{norm:.4g}", norm_effect=norm_effect,
+        **_model_values(info, stats, claims, dataset),
         license=license, split=claims.get("split", "test"), n=claims["n"], subset=subset,
         certifier_version=claims.get("certifier_version", "?"), dtype=claims.get("dtype", "float32"),
         clean_accuracy=_pct(claims["clean_accuracy"]), certified_rows=rows,
         training=[(k, _fmt(v)) for k, v in (training or {}).items()], train_command=train_command,
-        reproduce_command=reproduce, publish_command=publish_command, sha256=sha256,
+        reproduce_command=_reproduce_command(model_id, dataset, claims, subset), publish_command=publish_command,
+        sha256=sha256,
         code_revision=(f"`{code_revision}`" + (" (with uncommitted changes)" if code_dirty else ""))
         if code_revision else "unknown",
         training_revision=f"`{training_revision}`" if training_revision else "unknown",
     )
-    return card
