@@ -139,12 +139,14 @@ def _training_cell(name: str, runs: Path = REPO / "results" / "runs") -> str:
 def _reference_cell(name: str) -> str:
     """The 1LLC benchmark's ConvNet-XS with the model's family (CIFAR-10, 24 h on an A100; ``lipzoo.reported``):
     ``clean / certified at 36/255``, the compact-model reference (weights issue, round 2)."""
-    from lipzoo.reported import rows as reported_rows
+    from lipzoo.reported import ReportedRowError, get_row
 
     arch, _, dataset = name.partition(".")
-    wanted = f"1llc.{arch.rsplit('_', 1)[0]}_convnet_xs.{dataset}"
-    row = next((r for r in reported_rows() if r["id"] == wanted), None)
-    if row is None or row.get("clean") is None:
+    try:
+        row = get_row(f"1llc.{arch.rsplit('_', 1)[0]}_convnet_xs.{dataset}")
+    except ReportedRowError:
+        return "—"
+    if row.get("clean") is None:
         return "—"
     cert = (row.get("certified") or {}).get("36/255")
     return f"{row['clean']:.2f} / {'—' if cert is None else f'{cert:.2f}'}"
