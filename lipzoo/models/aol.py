@@ -29,7 +29,7 @@ from ..layers.aol import AOLConv2d, AOLLinear
 from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
 from ..layers.shapes import FirstChannels, PixelUnshuffle
 from ._base import LipschitzClassifier
-from ._registry import Family, Variant, register_family
+from ._registry import Family, Variant, cpu_training, register_family
 
 __all__ = ["AOLNet"]
 
@@ -112,7 +112,7 @@ register_family(Family(
         "aol_l": _paper_size("L", "Large", 48, 136.0, "136M as quoted by the 1LLC paper (Table 4; secondary, the AOL paper "
                                                       "gives no count); lipzoo counts 136.19M"),
         "aol_xs": Variant("compact AOL for 2-core CPU training: the patch-wise AOL network with "
-                          + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True,
+                          + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True, measured_training=cpu_training(464.7),
                           doc="Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."),
     },
     checkpoint_formats={"aol-1llc": "lipzoo.convert._aol"},

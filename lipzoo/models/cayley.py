@@ -27,7 +27,7 @@ from ..layers.cayley import CayleyConv2d, CayleyLinear
 from ..layers.normalize import CIFAR10_MEAN, CIFAR100_MEAN, InputNormalize
 from ..layers.shapes import SumPool2d
 from ._base import LipschitzClassifier
-from ._registry import Family, Variant, register_family
+from ._registry import Family, Variant, cpu_training, register_family
 from ._kwlarge import KWLargeNet
 
 __all__ = ["CayleyKWLarge", "ConvexCombination", "CayleyResNet9"]
@@ -130,6 +130,7 @@ register_family(Family(
         "cayley_xs": Variant(
             "compact Cayley for 2-core CPU training: the KW-Large convolutions (32, 64) with dense 4096->256->256, "
             "Cayley head", dict(channels=(32, 64), dense=(256, 256)), compact=True,
+            measured_training=cpu_training(658.4),
             doc="Compact Cayley network for CPU training: KW-Large convolutions, narrower dense layers."),
     },
     checkpoint_formats={"cayley": "lipzoo.convert._cayley"},

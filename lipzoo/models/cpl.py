@@ -25,7 +25,7 @@ from ..layers.cpl import CPLConv2d, CPLLinear
 from ..layers.heads import LLN
 from ..layers.normalize import CIFAR10_MEAN
 from ..layers.shapes import FirstChannels
-from ._registry import Family, Variant, register_family
+from ._registry import Family, Variant, cpu_training, register_family
 from .sll import ResidualNet
 
 __all__ = ["CPLNet"]
@@ -99,7 +99,8 @@ register_family(Family(
                               "cpl_l sizes count 236.27M: the tables may be shifted by one size)"),
         "cpl_xs": Variant("compact CPL for 2-core CPU training: " + ", ".join(f"{k}={v}" for k, v in _XS.items()),
                           _XS, doc="Compact CPL for CPU training (<= 3M parameters): CPL convs at 32x32, CPL dense "
-                          "layers, LLN head.", compact=True),
+                          "layers, LLN head.", compact=True,
+                          measured_training=cpu_training(209.0)),
     },
     checkpoint_formats={"cpl": "lipzoo.convert._cpl"},
     reference_converter="lipzoo.convert._cpl",
