@@ -13,6 +13,11 @@ pretrained=True)`` (sha256-checked), verifies the claims of its card on the CIFA
 audits it (``lipzoo.audit``: PGD-l2 on ``--audit`` certified test points, each inside its own certified radius).
 Writes ``<out>.md`` and ``<out>.json``; ``--update-readme`` replaces the README's "Model zoo" table. The training
 column sums the epoch wall-clock times of the run's log committed in ``results/runs/<name>/log.jsonl``.
+
+Beside them (same folder) the family comparison: ``families.md`` (one row per family: its compact model's measured
+accuracies, parameters, training CPU-hours, train and eval speed, the 1LLC ConvNet-XS reference), ``families.json``
+(the same rows, accuracies as fractions) and ``families.png`` (certified accuracy against eps, and at 36/255 against
+training CPU-hours, for every published model); ``--update-readme`` also replaces the README's family block.
 """
 from __future__ import annotations
 
@@ -30,6 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 BEGIN, END = "<!-- zoo-table:begin -->", "<!-- zoo-table:end -->"
+FAMILY_BEGIN, FAMILY_END = "<!-- family-table:begin -->", "<!-- family-table:end -->"
+README = REPO / "README.md"
+RUNS = REPO / "results" / "runs"
+BENCH_CERTIFY = REPO / "results" / "bench_certify.json"
+EPS_LABELS = ["36/255", "72/255", "108/255", "255/255"]
+CPU_CORES = 2  # this project's CPU: a run's process CPU time is at most its wall-clock time x CPU_CORES
+_CERT = "certified accuracy @ "
 
 
 def targets() -> dict[str, tuple[float, float]]:
@@ -120,49 +132,74 @@ def _target_cell(name: str, clean: float | None, cert36: float | None) -> str:
     return f"{label}: " + (", ".join(gaps) if gaps else "met")
 
 
-def _training_cell(name: str, runs: Path = REPO / "results" / "runs") -> str:
-    """``<epochs> ep, <hours> h``: epochs and summed wall-clock time of the run's committed log (2-core CPU), and
-    ``, <cpu> h CPU / 2`` (the process's CPU time over both cores) when every epoch recorded it."""
+def training_record(name: str, runs: Path = RUNS) -> dict | None:
+    """The run of ``name`` as its committed ``<runs>/<name>/log.jsonl`` records it (every record, partial epochs of
+    a resumed run included): ``epochs``, ``wall_hours`` (summed epoch wall-clock time) and ``cpu_hours`` (the
+    training process's CPU time, ``time.process_time()`` over all its threads, summed / 3600; ``None`` unless every
+    record has it, and then ``cpu_hours_upper_bound`` = wall hours x ``CPU_CORES``). ``None`` without a log."""
     log = runs / name / "log.jsonl"
     if not log.is_file():
-        return "—"
+        return None
     epochs = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if not epochs:
-        return "—"
-    hours = sum(float(e.get("seconds", 0.0)) for e in epochs) / 3600
-    cell = f"{max(int(e['epoch']) for e in epochs)} ep, {hours:.1f} h"
+        return None
+    wall = sum(float(e.get("seconds", 0.0)) for e in epochs) / 3600
+    rec = {"epochs": max(int(e["epoch"]) for e in epochs), "wall_hours": wall, "cpu_hours": None}
     if all("cpu_seconds" in e for e in epochs):
-        cell += f", {sum(float(e['cpu_seconds']) for e in epochs) / 3600 / 2:.1f} h CPU / 2"
+        rec["cpu_hours"] = sum(float(e["cpu_seconds"]) for e in epochs) / 3600
+    else:
+        rec["cpu_hours_upper_bound"] = wall * CPU_CORES
+    return rec
+
+
+def _training_cell(name: str, runs: Path = RUNS) -> str:
+    """``<epochs> ep, <hours> h``: epochs and summed wall-clock time of the run's committed log (2-core CPU), and
+    ``, <cpu> h CPU / 2`` (the process's CPU time over both cores) when every epoch recorded it."""
+    rec = training_record(name, runs)
+    if rec is None:
+        return "—"
+    cell = f"{rec['epochs']} ep, {rec['wall_hours']:.1f} h"
+    if rec["cpu_hours"] is not None:
+        cell += f", {rec['cpu_hours'] / 2:.1f} h CPU / 2"
     return cell
+
+
+def _reference_row(family: str, dataset: str) -> dict | None:
+    """The 1LLC benchmark's ConvNet-XS with ``family``'s layer on ``dataset`` (24 h on an A100; ``lipzoo.reported``
+    row ``1llc.<family>_convnet_xs.<dataset>``), or ``None`` where 1LLC reports none."""
+    from lipzoo.reported import ReportedRowError, get_row
+
+    try:
+        return get_row(f"1llc.{family}_convnet_xs.{dataset}")
+    except ReportedRowError:
+        return None
 
 
 def _reference_cell(name: str) -> str:
     """The 1LLC benchmark's ConvNet-XS with the model's family (CIFAR-10, 24 h on an A100; ``lipzoo.reported``):
     ``clean / certified at 36/255``, the compact-model reference (weights issue, round 2)."""
-    from lipzoo.reported import ReportedRowError, get_row
-
     arch, _, dataset = name.partition(".")
-    try:
-        row = get_row(f"1llc.{arch.rsplit('_', 1)[0]}_convnet_xs.{dataset}")
-    except ReportedRowError:
-        return "—"
-    if row.get("clean") is None:
+    row = _reference_row(arch.rsplit("_", 1)[0], dataset)
+    if row is None or row.get("clean") is None:
         return "—"
     cert = (row.get("certified") or {}).get("36/255")
     return f"{row['clean']:.2f} / {'—' if cert is None else f'{cert:.2f}'}"
 
 
-def markdown(rows: list[dict], published: dict, runs: Path = REPO / "results" / "runs") -> str:
-    eps_labels = ["36/255", "72/255", "108/255", "255/255"]
+def _measured(row: dict) -> dict:
+    """``check name -> measured value`` of the verification report of a zoo.json row."""
+    return {check.get("name"): check.get("measured") for check in (row.get("report") or {}).get("checks", [])}
+
+
+def markdown(rows: list[dict], published: dict, runs: Path = RUNS) -> str:
+    eps_labels = EPS_LABELS
     head = "| model | clean (claimed / measured) | " + " | ".join(f"cert {e} (claimed / measured)" for e in eps_labels) \
         + " | L bound | PGD violations | verified | target clean / cert 36/255 | 1LLC ConvNet-XS clean / cert 36/255 " \
         "| training |"
     lines = [head, "|" + "---|" * (len(eps_labels) + 8)]
     for r in rows:
         claims = published[r["name"]].get("claims") or {}
-        measured = {}
-        for check in (r.get("report") or {}).get("checks", []):
-            measured[check.get("name")] = check.get("measured")
+        measured = _measured(r)
         cells = [f"`{r['name']}`", f"{_pct(claims.get('clean_accuracy'))} / {_pct(measured.get('clean accuracy'))}"]
         for e in eps_labels:
             c = (claims.get("certified_accuracy") or {}).get(e)
@@ -177,6 +214,248 @@ def markdown(rows: list[dict], published: dict, runs: Path = REPO / "results" / 
         cells.append(_training_cell(r["name"], runs))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------- family comparison
+def _accuracies(row: dict | None) -> tuple[float | None, dict[str, float]]:
+    """``(clean accuracy, {eps label: certified accuracy})`` as the verification of a zoo.json row measured them
+    (fractions; eps in increasing order); ``(None, {})`` for no row."""
+    from lipzoo.certification.eps import parse_eps
+
+    measured = _measured(row or {})
+    cert = {k[len(_CERT):]: float(v) for k, v in measured.items() if k and k.startswith(_CERT) and v is not None}
+    clean = measured.get("clean accuracy")
+    return (None if clean is None else float(clean)), dict(sorted(cert.items(), key=lambda kv: parse_eps(kv[0])))
+
+
+def _reference_family(family: str) -> str:
+    """The family whose 1LLC ConvNet-XS is ``family``'s reference: itself for a layer family; for an architecture
+    that takes ``conv=<family>`` (the ConvNet benchmark), its default convolution."""
+    import inspect
+
+    from lipzoo.models import FAMILIES
+
+    conv = inspect.signature(FAMILIES[family].model).parameters.get("conv")
+    return family if conv is None or not isinstance(conv.default, str) else conv.default
+
+
+def _reference(family: str, dataset: str) -> dict | None:
+    """The 1LLC ConvNet-XS reference of ``family`` as a record: row id, clean and certified accuracy (fractions)."""
+    row = _reference_row(_reference_family(family), dataset)
+    if row is None or row.get("clean") is None:
+        return None
+    return {"id": row["id"], "clean_accuracy": round(row["clean"] / 100, 6),
+            "certified_accuracy": {k: round(v / 100, 6) for k, v in (row.get("certified") or {}).items()},
+            "training": "24 h on one A100 GPU"}
+
+
+def _model_record(name: str, row: dict | None, published: dict, runs: Path) -> dict:
+    """A published model as the family table and figure use it: its family, measured accuracies, training run and
+    the 1LLC reference of its family on its dataset."""
+    import lipzoo
+
+    arch = name.partition(".")[0]
+    family = lipzoo.model_info(arch)["family"]
+    clean, cert = _accuracies(row)
+    dataset = published.get(name, {}).get("dataset") or (published.get(name, {}).get("claims") or {}).get("dataset")
+    return {"model": name, "arch": arch, "family": family, "measured": row is not None,
+            "n": ((row or {}).get("report") or {}).get("n"), "clean_accuracy": clean, "certified_accuracy": cert, "training": training_record(name, runs),
+            "reference": _reference(family, dataset or "cifar10")}
+
+
+def model_records(rows: list[dict], published: dict, runs: Path = RUNS) -> list[dict]:
+    """One record per published model measured in ``rows`` (zoo.json), by name."""
+    return [_model_record(r["name"], r, published, runs) for r in sorted(rows, key=lambda r: r["name"])
+            if r["name"] in published]
+
+
+def _eval_speeds(path: Path) -> dict[str, float]:
+    """``arch -> images/s`` certified, from ``scripts/bench.py certify``'s record (``n`` images in ``seconds``)."""
+    if not path.is_file():
+        return {}
+    return {r["model"]: r["n"] / r["seconds"] for r in json.loads(path.read_text()).get("certify", [])
+            if r.get("seconds")}
+
+
+def family_rows(rows: list[dict], published: dict, runs: Path = RUNS,
+                bench_certify: Path = BENCH_CERTIFY) -> list[dict]:
+    """One row per family's compact model (``compact=True`` in its variant table): the layer families (those whose
+    convolution the ConvNet benchmark takes) alphabetically, then the other architectures (the ConvNet). A row holds
+    ``params`` and the measured ``train_images_per_s`` (``lipzoo.model_info``) and ``eval_images_per_s``
+    (``bench_certify``, ``None`` where not measured); for published weights (CIFAR-10 preferred, as create_model picks
+    them) the accuracies measured in ``rows`` and the training run; ``status`` says which case applies."""
+    import lipzoo
+    from lipzoo.models import FAMILIES
+    from lipzoo.models.convnet import convnet_families
+
+    layers = convnet_families()
+    by_name = {r["name"]: r for r in rows}
+    speeds = _eval_speeds(bench_certify)
+    out = []
+    for family in layers + sorted(set(FAMILIES) - set(layers)):
+        for arch in sorted(a for a, v in FAMILIES[family].variants.items() if v.compact):
+            info = lipzoo.model_info(arch)
+            name = resolve_published(arch, published)
+            if name is not None:
+                rec = _model_record(name, by_name.get(name), published, runs)
+                status = "published" if rec["measured"] else "published, not measured"
+            else:
+                rec = {"model": None, "n": None, "clean_accuracy": None, "certified_accuracy": {}, "training": None,
+                       "reference": _reference(family, "cifar10")}
+                status = "no weights published yet"
+            out.append({"family": family, "layer_family": family in layers, "arch": arch, "status": status,
+                        "params": info["params"],
+                        "train_images_per_s": (info.get("measured_training") or {}).get("train_images_per_s"),
+                        "eval_images_per_s": speeds.get(arch),
+                        **{k: rec[k] for k in ("model", "n", "clean_accuracy", "certified_accuracy", "training",
+                                               "reference")}})
+    return out
+
+
+def _cpu_hours(training: dict | None) -> tuple[float | None, bool]:
+    """``(training CPU-hours, is an upper bound)`` of a training record; ``(None, False)`` without one."""
+    if not training:
+        return None, False
+    if training.get("cpu_hours") is not None:
+        return training["cpu_hours"], False
+    return training.get("cpu_hours_upper_bound"), True
+
+
+def _cpu_hours_cell(training: dict | None) -> str:
+    hours, bound = _cpu_hours(training)
+    if hours is None:
+        return "—"
+    return f"{'≤ ' if bound else ''}{hours:.2f} ({training['epochs']} ep)"
+
+
+def _weights_cell(r: dict) -> str:
+    """The published weights of a family row, with the number of test images where not the full 10,000."""
+    if not r["model"]:
+        return r["status"]
+    cell = f"`{r['model']}`" + ("" if r["status"] == "published" else f" ({r['status']})")
+    return cell + (f" (n = {r['n']})" if r["n"] not in (None, 10000) else "")
+
+
+def family_markdown(frows: list[dict]) -> str:
+    """The family comparison table (accuracies in percent, CIFAR-10 test set) and its note."""
+    head = ["family", "compact model", "weights", "clean", *(f"cert {e}" for e in EPS_LABELS), "params",
+            "training CPU-h", "train img/s", "eval img/s", "1LLC XS clean / cert 36/255"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in frows:
+        ref = r.get("reference")
+        ref36 = (ref or {}).get("certified_accuracy", {}).get("36/255")
+        cells = [
+            f"{r['family']}" if r["layer_family"] else f"{r['family']} (benchmark)", f"`{r['arch']}`",
+            _weights_cell(r),
+            _pct(r["clean_accuracy"]), *(_pct(r["certified_accuracy"].get(e)) for e in EPS_LABELS),
+            f"{r['params'] / 1e6:.2f} M", _cpu_hours_cell(r["training"]),
+            "—" if r["train_images_per_s"] is None else f"{r['train_images_per_s']:.0f}",
+            "—" if r["eval_images_per_s"] is None else f"{r['eval_images_per_s']:.0f}",
+            "—" if ref is None else f"{_pct(ref['clean_accuracy'])} / {_pct(ref36)}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    hows = sorted({_train_speed_how(r["arch"]) for r in frows} - {None})
+    conv = ", ".join(sorted({_reference_family(r["family"]) for r in frows if not r["layer_family"]}))
+    benchmark = f" (for the benchmark: its default, {conv})" if conv else ""
+    note = (
+        "Compact model: each family's variant sized for training on a 2-core CPU (`compact=True`). Accuracies (%): "
+        "CIFAR-10 test set (all 10,000 images unless `n` says otherwise) as `scripts/reproduce.py` measured the "
+        "published weights "
+        "(`results/zoo.json`). Training CPU-h: the training process's CPU time (`time.process_time()`, all threads) "
+        "summed over the epochs of `results/runs/<model>/log.jsonl`, / 3600, on this project's 2-core CPU; `≤`: the "
+        f"log predates CPU-time records, so wall-clock hours x {CPU_CORES} cores, an upper bound. "
+        f"Train img/s: {'; '.join(f'`{h}`' for h in hows) or '—'}. Eval img/s: 10,000 / the seconds "
+        "`python scripts/bench.py certify` took to certify the CIFAR-10 test set (float32, random weights, 2 cores; "
+        "`results/bench_certify.json`; — where not measured). 1LLC XS: the 1LLC benchmark's ConvNet-XS with the "
+        f"family's layer{benchmark}, trained 24 h on "
+        "an A100 GPU (Prach et al. 2024, Table 2; rows `1llc.<family>_convnet_xs.cifar10` of `lipzoo/reported.json`): "
+        "the published reference, GPU hours, not lipzoo's architecture.")
+    return "\n".join(lines) + "\n\n" + note
+
+
+def _train_speed_how(arch: str) -> str | None:
+    import lipzoo
+
+    return (lipzoo.model_info(arch).get("measured_training") or {}).get("how")
+
+
+def family_figure(models: list[dict], path: Path) -> Path:
+    """Two panels for the published models: certified accuracy against eps (measured points; the family's 1LLC
+    ConvNet-XS dashed), and certified accuracy at 36/255 against training CPU-hours (the 1LLC value as a dashed
+    level: 24 h of GPU time, not a point on the CPU axis). Writes ``path`` (PNG, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    from lipzoo.certification.eps import parse_eps
+    from lipzoo.models import FAMILIES
+
+    palette = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # grey is for the 1LLC legend
+    colors = {f: palette[i % len(palette)] for i, f in enumerate(sorted(FAMILIES))}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5.2), dpi=110)
+    points = []
+    for m in models:
+        c = colors.get(m["family"], "0.3")
+        cert, ref = m["certified_accuracy"], m.get("reference")
+        if cert:
+            ax1.plot([parse_eps(k) for k in cert], [100 * v for v in cert.values()], "o-", color=c, label=m["model"])
+        if m["clean_accuracy"] is not None:
+            ax1.plot([0.0], [100 * m["clean_accuracy"]], "s", color=c)
+        if ref and ref["certified_accuracy"]:
+            eps = [0.0, *(parse_eps(k) for k in ref["certified_accuracy"])]
+            acc = [ref["clean_accuracy"], *ref["certified_accuracy"].values()]
+            ax1.plot(eps, [100 * a for a in acc], "--", color=c, lw=1, alpha=0.7)
+        hours, bound = _cpu_hours(m["training"])
+        if hours is not None and "36/255" in cert:
+            y = 100 * cert["36/255"]
+            ax2.plot([hours], [y], "o", ms=8, mec=c, mfc="none" if bound else c, mew=1.5)
+            points.append((hours, y, m["model"] + (" (upper bound)" if bound else "")))
+        if ref and "36/255" in ref["certified_accuracy"]:
+            ax2.axhline(100 * ref["certified_accuracy"]["36/255"], color=c, ls="--", lw=1, alpha=0.7)
+    ax2.margins(y=0.1)
+    low, high = ax2.get_ylim()
+    ys = [y for _, y, _ in points]
+    for x, y, text in points:  # the lower of two points closer than a label's height is labelled below it
+        below = any(0 < other - y < 0.04 * (high - low) for other in ys)
+        ax2.annotate(text, (x, y), textcoords="offset points", xytext=(7, -11 if below else 4), fontsize=8)
+    ticks = [0.0, *(parse_eps(e) for e in EPS_LABELS)]
+    ax1.set_xticks(ticks, ["0", *EPS_LABELS])
+    ax1.set_xlabel("l2 radius eps ([0, 1] pixel space; at 0: clean accuracy)")
+    ax1.set_ylabel("certified accuracy (%)")
+    ax1.set_title("CIFAR-10 test set, published models", fontsize=10)
+    ax1.set_ylim(0, 100)
+    style = [Line2D([], [], color="0.4", ls="--", lw=1, label="1LLC ConvNet-XS, same family (24 h A100)")]
+    ax1.legend(handles=[*ax1.get_legend_handles_labels()[0], *style], fontsize=8)
+    ax2.set_xlim(0, 1.25 * max([x for x, _, _ in points], default=1.0))
+    ax2.set_xlabel(f"training CPU-hours (process CPU time, {CPU_CORES}-core CPU)")
+    ax2.set_ylabel("certified accuracy at 36/255 (%)")
+    ax2.set_title("certified accuracy against training cost", fontsize=10)
+    ax2.legend(handles=[
+        Line2D([], [], color="0.4", ls="--", lw=1,
+               label="1LLC XS of the same family (colour), 24 h A100: GPU time, a level, not on this axis"),
+        Line2D([], [], color="0.4", marker="o", ls="", mfc="none",
+               label=f"log without CPU time: wall-clock x {CPU_CORES} cores (upper bound)")], fontsize=8,
+        loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1, frameon=False)
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _replace_block(text: str, begin: str, end: str, body: str) -> str:
+    """``text`` with what lies between the markers ``begin`` and ``end`` replaced by ``body``; unchanged, with a
+    note on stderr, when the markers are not there."""
+    pattern = re.escape(begin) + ".*?" + re.escape(end)
+    if not re.search(pattern, text, flags=re.S):
+        print(f"README has no {begin} ... {end} block: left as it is", file=sys.stderr)
+        return text
+    return re.sub(pattern, lambda _: f"{begin}\n{body}\n{end}", text, flags=re.S)
 
 
 def main() -> int:
@@ -287,12 +566,41 @@ def _write(rows: list[dict], published: dict, update_readme: bool, out: Path, pr
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".md").write_text(md_full + "\n")
     print(md_full)
+    family_md = _write_families(rows, published, out.parent)
     if update_readme:
-        readme = REPO / "README.md"
-        text = readme.read_text()
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: f"{BEGIN}\n{md_full}\n{END}", text, flags=re.S)
-        readme.write_text(text)
+        text = README.read_text()
+        text = _replace_block(text, BEGIN, END, md_full)
+        text = _replace_block(text, FAMILY_BEGIN, FAMILY_END, _readme_family_block(family_md, out.parent))
+        README.write_text(text)
     return 0 if all(r.get("passed") for r in rows) else 2
+
+
+def _write_families(rows: list[dict], published: dict, folder: Path) -> str:
+    """Write ``families.json``, ``families.png`` and ``families.md`` into ``folder``; returns the table and note."""
+    frows, models = family_rows(rows, published), model_records(rows, published)
+    folder.joinpath("families.json").write_text(json.dumps({"families": frows, "models": models}, indent=2) + "\n")
+    family_figure(models, folder / "families.png")
+    md = family_markdown(frows)
+    folder.joinpath("families.md").write_text(
+        f"{md}\n\n![{_FIGURE_ALT}](families.png)\n\n"
+        f"Regenerate: {_REGENERATE}.\n")
+    print(f"\n{md}\n\nwrote {folder / 'families.md'}, families.json, families.png")
+    return md
+
+
+_FIGURE_ALT = "certified accuracy against eps and against training CPU-hours"
+_REGENERATE = ("`python scripts/reproduce.py --render --update-readme` (from `results/zoo.json`; new weights: "
+               "`python scripts/reproduce.py --only <model> --update-readme` first)")
+
+
+def _readme_family_block(md: str, folder: Path) -> str:
+    """The README's family block: the table, the figure (linked relative to the README) and the regenerating
+    command."""
+    try:
+        figure = (folder / "families.png").resolve().relative_to(README.resolve().parent).as_posix()
+    except ValueError:
+        figure = (folder / "families.png").as_posix()
+    return f"{md}\n\n![{_FIGURE_ALT}]({figure})\n\nRegenerate: {_REGENERATE}."
 
 
 if __name__ == "__main__":

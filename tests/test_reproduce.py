@@ -179,3 +179,117 @@ def test_the_measuring_child_shows_its_progress_and_keeps_its_output(tmp_path, c
     out, tail = reproduce._run_showing_progress([sys.executable, str(child)], dict(os.environ))
     assert out.strip() == "LIPZOO_JSON{}"
     assert "verify: 50%" in tail and "verify: 50%" in capfd.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- family comparison
+_REPO = Path(__file__).resolve().parent.parent
+_LAYER_FAMILIES = {"aol", "bcop", "cayley", "cpl", "lot", "sandwich", "sll", "soc"}
+_EPS = ("36/255", "72/255", "108/255", "255/255")
+
+
+def _family_table(md: str) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """The family table of ``md`` as ``family -> {column: cell}``; asserts that no family has two rows."""
+    lines = [line for line in md.split("\n\n")[0].splitlines()]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines]
+    header, body = cells[0], cells[2:]
+    assert all(len(row) == len(header) for row in body)
+    table = {row[0]: dict(zip(header, row)) for row in body}
+    assert len(table) == len(body)
+    return header, table
+
+
+def test_family_table_has_one_row_per_layer_family_with_the_measured_numbers_of_zoo_json():
+    """Every layer family has exactly one row; the published compact models' cells are the measurements of the
+    committed results/zoo.json, the 1LLC cells the rows of lipzoo/reported.json (both read here, in the test)."""
+    import lipzoo
+    from lipzoo import _manifest
+
+    zoo = json.loads((_REPO / "results" / "zoo.json").read_text())
+    _, table = _family_table(reproduce.family_markdown(reproduce.family_rows(zoo, _manifest.read())))
+    assert _LAYER_FAMILIES <= set(table)
+    compact = [r for r in zoo if lipzoo.model_info(r["name"].split(".")[0])["compact"]]
+    assert compact
+    for r in compact:
+        arch = r["name"].split(".")[0]
+        row = table[lipzoo.model_info(arch)["family"]]
+        measured = {c["name"]: c["measured"] for c in r["report"]["checks"]}
+        assert row["compact model"] == f"`{arch}`" and row["weights"] == f"`{r['name']}`"
+        assert row["clean"] == f"{100 * measured['clean accuracy']:.2f}"
+        for e in _EPS:
+            assert row[f"cert {e}"] == f"{100 * measured[f'certified accuracy @ {e}']:.2f}"
+    reported = {r["id"]: r for r in json.loads((_REPO / "lipzoo" / "reported.json").read_text())["rows"]}
+    for family in _LAYER_FAMILIES:
+        ref = reported.get(f"1llc.{family}_convnet_xs.cifar10")
+        expected = "—" if ref is None else f"{ref['clean']:.2f} / {ref['certified']['36/255']:.2f}"
+        assert table[family]["1LLC XS clean / cert 36/255"] == expected
+    assert table["sandwich"]["1LLC XS clean / cert 36/255"] == "—"  # 1LLC trains no Sandwich ConvNet
+
+
+def test_families_without_weights_say_so_and_show_params_speeds_and_cpu_hours(tmp_path, monkeypatch):
+    published = {"sll_xs.cifar10": {"claims": {"dataset": "cifar10"}}, "lot_xs.cifar10": {"claims": {}}}
+    runs = tmp_path / "runs"
+    for name, log in (("sll_xs.cifar10", '{"epoch": 1, "seconds": 1800.0, "cpu_seconds": 3600.0}\n'
+                                         '{"epoch": 2, "seconds": 1800.0, "cpu_seconds": 5400.0}\n'),
+                      ("lot_xs.cifar10", '{"epoch": 1, "seconds": 1800.0}\n{"epoch": 2, "seconds": 1800.0}\n')):
+        runs.joinpath(name).mkdir(parents=True)
+        runs.joinpath(name, "log.jsonl").write_text(log)
+    bench = tmp_path / "bench_certify.json"
+    bench.write_text(json.dumps({"certify": [{"model": "aol_xs", "n": 10000, "seconds": 20.0}]}))
+    rows = [_row("sll_xs.cifar10", 0.7025, 0.5848), _row("lot_xs.cifar10", 0.7383, 0.5522)]
+    frows = reproduce.family_rows(rows, published, runs=runs, bench_certify=bench)
+    _, table = _family_table(reproduce.family_markdown(frows))
+    bench_models = {m["model"]: m for m in json.loads((_REPO / "results" / "bench_models.json").read_text())["models"]}
+    for family in _LAYER_FAMILIES - {"sll", "lot"}:
+        row = table[family]
+        assert row["weights"] == "no weights published yet"
+        assert row["clean"] == row["cert 36/255"] == row["training CPU-h"] == "—"
+        assert row["params"] == f"{bench_models[f'{family}_xs']['params'] / 1e6:.2f} M"
+        assert abs(int(row["train img/s"]) - bench_models[f"{family}_xs"]["train_images_per_s"]) <= 1
+    assert table["aol"]["eval img/s"] == "500" and table["cayley"]["eval img/s"] == "—"
+    assert table["sll"]["clean"] == "70.25" and table["sll"]["cert 36/255"] == "58.48"
+    assert table["sll"]["cert 72/255"] == "—"  # not measured in this row
+    # process CPU time summed over the epochs; a log without it: wall clock x 2 cores, marked as a bound
+    assert table["sll"]["training CPU-h"] == "2.50 (2 ep)"
+    assert table["lot"]["training CPU-h"] == "≤ 2.00 (2 ep)"
+    # newly published weights not yet in zoo.json
+    published["cayley_xs.cifar10"] = {"claims": {}}
+    _, table = _family_table(reproduce.family_markdown(reproduce.family_rows(rows, published, runs=runs)))
+    assert table["cayley"]["weights"] == "`cayley_xs.cifar10` (published, not measured)"
+
+
+def test_family_figure_is_written(tmp_path):
+    published = {"sll_xs.cifar10": {"claims": {}}, "soc_xs.cifar10": {"claims": {}}}
+    rows = [_row("sll_xs.cifar10", 0.7025, 0.5848), _row("soc_xs.cifar10", 0.7048, 0.516)]
+    models = reproduce.model_records(rows, published, runs=_REPO / "results" / "runs")
+    assert [m["model"] for m in models] == ["sll_xs.cifar10", "soc_xs.cifar10"]
+    for name, records in (("two.png", models), ("none.png", [])):
+        path = reproduce.family_figure(records, tmp_path / name)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_render_update_readme_writes_the_family_files_and_block_idempotently(tmp_path, monkeypatch):
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\n## Model zoo\n\n<!-- zoo-table:begin -->\nold zoo\n<!-- zoo-table:end -->\n\n"
+                      "## Family comparison\n\nIntro kept.\n\n<!-- family-table:begin -->\nold families\n"
+                      "<!-- family-table:end -->\n\n## Architectures\n\nkept\n")
+    monkeypatch.setattr(reproduce, "README", readme)
+    published = {"sll_xs.cifar10": {"sha256": "a" * 64, "claims": {"clean_accuracy": 0.64}}}
+    monkeypatch.setattr("lipzoo._manifest.read", lambda path=None: published)
+    out = tmp_path / "results" / "zoo"
+    out.parent.mkdir()
+    out.with_suffix(".json").write_text(json.dumps([{**_row("sll_xs.cifar10", 0.64, 0.55), "sha256": "a" * 64}]))
+    monkeypatch.setattr("sys.argv", ["reproduce.py", "--render", "--update-readme", "--out", str(out)])
+    assert reproduce.main() == 0
+    first = readme.read_text()
+    assert "old zoo" not in first and "old families" not in first
+    assert "Intro kept." in first and first.endswith("## Architectures\n\nkept\n")
+    block = first.split("<!-- family-table:begin -->\n")[1].split("\n<!-- family-table:end -->")[0]
+    assert "| sll | `sll_xs` | `sll_xs.cifar10` | 64.00 | 55.00 |" in block
+    assert "](results/families.png)" in block and "python scripts/reproduce.py --render --update-readme" in block
+    for name in ("families.md", "families.json", "families.png"):
+        assert (tmp_path / "results" / name).is_file()
+    families = json.loads((tmp_path / "results" / "families.json").read_text())
+    assert {r["family"] for r in families["families"]} >= _LAYER_FAMILIES
+    assert [m["model"] for m in families["models"]] == ["sll_xs.cifar10"]
+    assert reproduce.main() == 0
+    assert readme.read_text() == first
