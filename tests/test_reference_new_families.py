@@ -116,3 +116,140 @@ def test_kwlarge_checkpoint_keys(family: str, case: str):
     with torch.no_grad():
         out = model.eval()(tensors["input"])
     assert (out - tensors["output_eval"]).abs().max().item() < 1e-5  # the mean buffer is float32 here
+
+
+# --- the AOL paper's TF patch-wise network: checkpoint_format 'aol-tf' ------------------------------------------------
+
+AOLTF = FIXTURES / "aol" / "aoltf_network_small.json"
+
+
+def _aoltf_case():
+    """The recorded case and the AOLNet arguments of its constructor (the authors' names mapped by hand)."""
+    spec, state, tensors = load_reference_case(AOLTF, upcast=True)
+    kw = spec["constructor"]["kwargs"]
+    args = dict(patch_size=kw["patch_size"][0], encoding_channels=kw["patch_encoding_sizes"],
+                n_encoding=kw["nrof_encoding_layers"], filters_after_downsize=kw["filters_after_downsize"],
+                n_dense=kw["nrof_aggregation_layers"], num_classes=kw["nrof_classes"])
+    return spec, state, tensors, args
+
+
+def _save(state: dict[str, torch.Tensor], path: Path) -> Path:
+    if path.suffix == ".npz":
+        import numpy as np
+
+        np.savez(path, **{k: v.numpy() for k, v in state.items()})
+    else:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".npz"])
+def test_aoltf_checkpoint_loads_into_aolnet(tmp_path, suffix: str):
+    """The TF network's variables (Keras paths) load into lipzoo's AOLNet with its CIFAR-10 centring (folded into the
+    first bias) and reproduce the recorded TF output: float32 through create_model, float64 through load_checkpoint."""
+    import lipzoo
+    from lipzoo.convert import load_checkpoint
+
+    spec, state, tensors, args = _aoltf_case()
+    path = _save(state, tmp_path / f"aol_tf{suffix}")
+    x = tensors["input"].permute(0, 3, 1, 2)  # recorded NHWC, as TF takes it
+    tol = spec["suggested_tolerance"]["output_eval"]
+    model = lipzoo.create_model("aol_s", checkpoint_path=path, checkpoint_format="aol-tf", **args).eval()
+    assert float(model.normalize.mean.abs().min()) > 0.4  # the CIFAR-10 mean: the bias shift is exercised
+    with torch.no_grad():
+        assert (model(x.float()).double() - tensors["output_eval"]).abs().max().item() <= tol["float32_atol"]
+    model64 = load_checkpoint(lipzoo.create_model("aol_s", **args).double(), path, "aol-tf").eval()
+    with torch.no_grad():
+        _check(model64(x), tensors["output_eval"], tol["float64_atol"])
+    assert model64.lipschitz_bound() <= 1.0 + 1e-9
+
+
+def test_aoltf_keys_follow_the_layer_counter_not_the_prefix():
+    """Keras 2 names (':0'), no 'sequential/' prefix and a counter offset by other layers built before: same model."""
+    from lipzoo.convert._aol import tf_network_state
+    from lipzoo.models.aol import AOLNet
+
+    spec, state, tensors, args = _aoltf_case()
+    renamed = {}
+    for key, value in state.items():
+        layer, var = key.split("/")[-2:]
+        n = int(layer.rsplit("Layer", 1)[1])
+        renamed[f"{layer.rsplit('Layer', 1)[0]}Layer{n + 95}/{var}:0"] = value
+    model = AOLNet(**args, mean=(0.0, 0.0, 0.0)).double()
+    model.load_state_dict(tf_network_state(renamed, model), strict=True)
+    with torch.no_grad():
+        _check(model.eval()(tensors["input"].permute(0, 3, 1, 2)), tensors["output_eval"],
+               spec["suggested_tolerance"]["output_eval"]["float64_atol"])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: {k: v for k, v in s.items() if k != "sequential/AOLDenseLayer12/bias_parameters"},
+     "AOLDenseLayer12 has no bias_parameters"),
+    (lambda s: {**s, "sequential/flatten/counter": torch.zeros(1)}, "not AOLConv2D/AOLDense variables"),
+    (lambda s: {k: v for k, v in s.items() if "AOLConv2DLayer6" not in k}, "3 AOLConv2D \\+ 3 AOLDense layers, the model 4 \\+ 3"),
+])
+def test_aoltf_wrong_keys_are_named(tmp_path, edit, message: str):
+    import lipzoo
+    from lipzoo.convert import ConversionError
+
+    _, state, _, args = _aoltf_case()
+    path = _save(edit(state), tmp_path / "aol_tf.safetensors")
+    with pytest.raises(ConversionError, match=message):
+        lipzoo.create_model("aol_s", checkpoint_path=path, checkpoint_format="aol-tf", **args)
+
+
+def test_aoltf_wrong_architecture_is_refused(tmp_path):
+    """The paper's aol_s (12 + 2 convs, 14 dense) is not the small case; nor is a model that keeps 4 channels."""
+    import lipzoo
+    from lipzoo.convert import ConversionError
+
+    _, state, _, args = _aoltf_case()
+    path = _save(state, tmp_path / "aol_tf.safetensors")
+    with pytest.raises(ConversionError, match="the checkpoint has 4 AOLConv2D \\+ 3 AOLDense layers, the model 14 \\+ 14"):
+        lipzoo.create_model("aol_s", checkpoint_path=path, checkpoint_format="aol-tf")
+    with pytest.raises(ConversionError, match="AOLDenseLayer10/kernel_parameters has shape \\(32, 32\\)"):
+        lipzoo.create_model("aol_s", checkpoint_path=path, checkpoint_format="aol-tf", **{**args, "filters_after_downsize": 4})
+
+
+def _keras3_h5(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """The layout TF 2.21's model.save_weights('x.weights.h5') wrote for the recorded network:
+    layers/<snake name>/vars/{0: kernel, 1: bias}, the layer name in the vars group's 'name' attribute."""
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        for i, layer in enumerate(sorted({k.split("/")[-2] for k in state}, key=lambda n: int(n.rsplit("Layer", 1)[1]))):
+            group = f.create_group(f"layers/aol_layer_{i}/vars")
+            group.attrs["name"] = layer
+            group["0"] = state[f"sequential/{layer}/kernel_parameters"].numpy()
+            group["1"] = state[f"sequential/{layer}/bias_parameters"].numpy()
+    return path
+
+
+def test_aoltf_keras_h5(tmp_path):
+    h5py = pytest.importorskip("h5py")  # optional: only Keras .h5 files need it
+    import lipzoo
+    from lipzoo.convert import load_checkpoint
+
+    spec, state, tensors, args = _aoltf_case()
+    path = _keras3_h5(state, tmp_path / "model.weights.h5")
+    assert h5py.is_hdf5(path)
+    model = load_checkpoint(lipzoo.create_model("aol_s", **args).double(), path, "aol-tf").eval()
+    with torch.no_grad():
+        _check(model(tensors["input"].permute(0, 3, 1, 2)), tensors["output_eval"],
+               spec["suggested_tolerance"]["output_eval"]["float64_atol"])
+
+
+def test_aoltf_h5_without_h5py_is_one_clear_line(tmp_path, monkeypatch):
+    import sys
+
+    import lipzoo
+    from lipzoo.convert import ConversionError
+
+    path = tmp_path / "model.weights.h5"
+    path.write_bytes(b"\x89HDF\r\n\x1a\n")
+    monkeypatch.setitem(sys.modules, "h5py", None)  # import h5py raises ImportError
+    with pytest.raises(ConversionError, match=r"needs h5py \(pip install h5py\)") as info:
+        lipzoo.create_model("aol_xs", checkpoint_path=path, checkpoint_format="aol-tf")
+    assert "\n" not in str(info.value)

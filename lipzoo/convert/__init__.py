@@ -3,10 +3,12 @@
 * :func:`from_reference` builds the lipzoo equivalent of one of the authors' modules from a fixture sidecar
   (``spec``: repo, class, constructor arguments) and the authors' state dict (their key names).
 * :func:`load_checkpoint` loads a checkpoint file into a lipzoo model: a lipzoo ``.safetensors`` state dict, or
-  a file saved by a paper's code (``checkpoint_format``), read with ``torch.load(weights_only=True)`` only.
+  a file saved by a paper's code (``checkpoint_format``), read with ``torch.load(weights_only=True)`` only (or a
+  format's own reader that unpickles nothing: ``aol-tf`` reads ``.npz`` and Keras ``.h5``).
 
 Each family declares its converter module (``lipzoo.convert._<family>``, with ``from_reference(spec, state) ->
-nn.Module`` and ``convert_state_dict(state, fmt, model) -> dict``) and its checkpoint formats in its
+nn.Module``, ``convert_state_dict(state, fmt, model) -> dict`` and optionally ``read_checkpoint(path, fmt) -> dict |
+None`` for file forms other than safetensors / torch state dicts) and its checkpoint formats in its
 ``lipzoo/models/<family>.py`` declaration; nothing here lists families.
 """
 from __future__ import annotations
@@ -163,9 +165,13 @@ def load_checkpoint(model: nn.Module, path: str | Path, checkpoint_format: str |
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if checkpoint_format is not None and checkpoint_format not in CHECKPOINT_FORMATS:
         raise ConversionError(f"unknown checkpoint_format {checkpoint_format!r}; one of {sorted(CHECKPOINT_FORMATS)}")
-    state = _read_state(path)
-    if checkpoint_format is not None:
-        state = _converter(CHECKPOINT_FORMATS[checkpoint_format]).convert_state_dict(state, checkpoint_format, model)
+    converter = _converter(CHECKPOINT_FORMATS[checkpoint_format]) if checkpoint_format is not None else None
+    read = getattr(converter, "read_checkpoint", None)  # a format's own file forms (e.g. aol-tf: .npz, Keras .h5)
+    state = read(path, checkpoint_format) if read is not None else None
+    if state is None:
+        state = _read_state(path)
+    if converter is not None:
+        state = converter.convert_state_dict(state, checkpoint_format, model)
     what = _describe(model)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -115,7 +115,7 @@ register_family(Family(
                           + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True, measured_training=cpu_training(464.7),
                           doc="Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."),
     },
-    checkpoint_formats={"aol-1llc": "lipzoo.convert._aol"},
+    checkpoint_formats={"aol-1llc": "lipzoo.convert._aol", "aol-tf": "lipzoo.convert._aol"},
     reference_converter="lipzoo.convert._aol",
     convnet_conv=lambda c, k, n: AOLConv2d(c, c, k),
     bench_layers={"AOLConv2d 3x3 (64 -> 64)": partial(AOLConv2d, 64, 64, 3)},
