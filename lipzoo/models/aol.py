@@ -12,8 +12,8 @@ MaxMin pairs adjacent channels (the TF code reshapes the last axis into (C/2, 2)
 so the head rule is ``"lipschitz"``: radius ``margin / (sqrt(2) L)``. The input is only centred (std 1, L = 1),
 as lipzoo does for every family without a std in its code. lipzoo's patch extraction is
 ``PixelUnshuffle(4)`` (channel ``c*16 + 4*dy + dx``) and flattening is NCHW: both are permutations of the TF
-layouts (``(dy, dx, c)`` and NHWC), so the function class is the same and the bound is unchanged; converting a TF
-checkpoint needs the corresponding permutations.
+layouts (``(dy, dx, c)`` and NHWC), so the function class is the same and the bound is unchanged; the TF network's
+weights load with ``checkpoint_format='aol-tf'`` (:mod:`lipzoo.convert._aol`), which applies the permutations.
 
 Proven bound: the product of the AOL layers' realised-weight bounds (each 1 up to float error, see
 :mod:`lipzoo.layers.aol`); MaxMin, unshuffle, truncation and flattening have bound 1.
