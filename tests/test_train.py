@@ -323,3 +323,62 @@ def test_long_sandwich_recipe_is_registered_and_valid():
     p = argparse.ArgumentParser()
     add_train_arguments(p)
     assert recipe_from_args(p.parse_args(["--recipe", "sandwich_cpu_long", "--out", "x"])) == r
+
+
+def test_initial_checkpoint_replaces_the_random_weights_and_is_recorded(tmp_path, tiny_data):
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    r = _recipe(epochs=1, lr=0.0, ema_decay=0.5)  # lr 0: the weights after the steps are the starting weights
+    torch.manual_seed(123)
+    start = lipzoo.create_model(r.model, num_classes=10, **r.model_args).state_dict()
+    weights = tmp_path / "start.safetensors"
+    save_file({k: v.contiguous() for k, v in start.items()}, str(weights))
+    train(r, tmp_path / "random", data_root=str(tiny_data), fast=False, evaluate=False, progress=False, max_steps=1)
+    train(r, tmp_path / "warm", data_root=str(tiny_data), fast=False, evaluate=True, progress=False, max_steps=None,
+          eval_subset=16, initial_checkpoint=weights)
+    warm, random = _params(tmp_path / "warm"), _params(tmp_path / "random")
+    for k, v in start.items():
+        torch.testing.assert_close(warm[k], v, rtol=0, atol=0, msg=k)
+    assert any(not torch.equal(random[k], v) for k, v in start.items())
+    # the exported (averaged) weights are the starting weights too: the average starts from them
+    exported = load_file(str(tmp_path / "warm" / "model.safetensors"))
+    for k, v in start.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(exported[k], v, rtol=0, atol=0, msg=k)
+    record = {"file": "start.safetensors", "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}
+    assert json.loads((tmp_path / "warm" / "initial_checkpoint.json").read_text()) == record
+    assert json.loads((tmp_path / "warm" / "results.json").read_text())["initial_checkpoint"] == record
+    assert not (tmp_path / "random" / "initial_checkpoint.json").exists()
+
+
+def test_a_resumed_run_refuses_another_initial_checkpoint(tmp_path, tiny_data):
+    from safetensors.torch import save_file
+
+    r = _recipe()
+    files = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        state = lipzoo.create_model(r.model, num_classes=10, **r.model_args).state_dict()
+        files.append(tmp_path / f"w{seed}.safetensors")
+        save_file({k: v.contiguous() for k, v in state.items()}, str(files[-1]))
+    kw = dict(data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
+    train(r, tmp_path / "run", max_steps=1, initial_checkpoint=files[0], **kw)
+    with pytest.raises(ValueError, match="it started from .*w1.safetensors.*not from w2.safetensors"):
+        train(r, tmp_path / "run", max_steps=2, resume=True, initial_checkpoint=files[1], **kw)
+    with pytest.raises(ValueError, match="it started from random weights"):
+        train(r, tmp_path / "other", max_steps=1, **kw)
+        train(r, tmp_path / "other", max_steps=2, resume=True, initial_checkpoint=files[0], **kw)
+    train(r, tmp_path / "run", max_steps=2, resume=True, **kw)  # the recorded start is kept
+    assert json.loads((tmp_path / "run" / "initial_checkpoint.json").read_text())["file"] == "w1.safetensors"
+
+
+def test_initial_checkpoint_that_is_not_a_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "lipzoo", "train", "--recipe", "sll_cpu", "--out", str(tmp_path / "r"),
+                        "--initial-checkpoint", str(tmp_path / "missing.safetensors")], capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert "--initial-checkpoint" in p.stderr and "is not a file" in p.stderr

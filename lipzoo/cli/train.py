@@ -58,6 +58,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-subset", type=int, default=None, metavar="N",
                    help="final certification on the first N test images (smoke tests; not a claims record)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--initial-checkpoint", default=None, metavar="FILE",
+                   help="start from these weights of the recipe's model (e.g. hub/lipzoo/<arch>.<tag>/"
+                   "model.safetensors) instead of random ones; optimizer and schedule start afresh")
     for f in dataclasses.fields(Recipe):
         if f.name == "name":
             continue
@@ -99,13 +102,19 @@ def check_out_dir(out: str, resume: bool) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from .._errors import LipzooUserError
+
     recipe = recipe_from_args(args)
     check_out_dir(args.out, args.resume)
+    if args.initial_checkpoint is not None and not Path(args.initial_checkpoint).is_file():
+        raise LipzooUserError(f"--initial-checkpoint {args.initial_checkpoint} is not a file: pass a lipzoo weights "
+                              f"file of {recipe.model} (e.g. hub/lipzoo/{recipe.model}.cifar10/model.safetensors)")
     from ..train.loop import train
 
     result = train(recipe, args.out, resume=args.resume, data_root=args.data, device=args.device,
                    max_steps=args.max_steps, evaluate=not args.no_eval,
-                   progress=not args.no_progress, train_subset=args.train_subset, eval_subset=args.eval_subset)
+                   progress=not args.no_progress, train_subset=args.train_subset, eval_subset=args.eval_subset,
+                   initial_checkpoint=args.initial_checkpoint)
     print(json.dumps(result, indent=2, default=str))
     return 0
 

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -276,6 +277,7 @@ class _Run:
     aug: AugmentConfig | None = None
     captured: dict[str, torch.Tensor] = field(default_factory=dict)
     last_save: float = 0.0
+    initial: dict[str, str] | None = None  # the weights the run started from (file name, sha256), None: random init
 
     @property
     def is_main(self) -> bool:
@@ -293,6 +295,7 @@ class _Run:
             "rng_cpu": torch.get_rng_state(), "epoch": self.step // self.data.steps_per_epoch, "step": self.step,
             "recipe": json.loads(json.dumps(self.recipe.to_dict())),
             **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
+            **({"initial_checkpoint": self.initial} if self.initial is not None else {}),
         }, self.out.ckpt)
 
     def averaged(self) -> nn.Module:
@@ -312,10 +315,23 @@ def _load_data(recipe: Recipe, data_root: str | None, train_subset: int | None) 
                  recipe.epochs * steps_per_epoch)
 
 
+def _initial_weights(model: nn.Module, path: str | Path) -> dict[str, str]:
+    """Load the lipzoo weights file ``path`` (e.g. a published ``model.safetensors``) into ``model``; return its
+    file name and sha256, which the run records (never the local path)."""
+    from ..convert import load_checkpoint
+
+    path = Path(path)
+    load_checkpoint(model, path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return {"file": path.name, "sha256": digest}
+
+
 def _setup(recipe: Recipe, out_dir: str | Path, device: str | None, data_root: str | None,
-           train_subset: int | None) -> _Run:
+           train_subset: int | None, initial_checkpoint: str | Path | None = None) -> _Run:
     """Device, process group, output folder, data, then (seeded with ``recipe.seed``) model, optimizer, scheduler,
-    loss and weight average, in this order (the order fixes the RNG draws)."""
+    loss and weight average, in this order (the order fixes the RNG draws). ``initial_checkpoint`` replaces the
+    random initial weights (drawn all the same, so the later draws do not depend on it) before the optimizer and
+    the weight average see them."""
     import timm
 
     from ..models._registry import resolve_name
@@ -331,7 +347,9 @@ def _setup(recipe: Recipe, out_dir: str | Path, device: str | None, data_root: s
 
     torch.manual_seed(recipe.seed)
     num_classes = 100 if recipe.dataset == "cifar100" else 10
-    model = timm.create_model(resolve_name(recipe.model), num_classes=num_classes, **recipe.model_args).to(dev)
+    model = timm.create_model(resolve_name(recipe.model), num_classes=num_classes, **recipe.model_args)
+    initial = _initial_weights(model, initial_checkpoint) if initial_checkpoint is not None else None
+    model = model.to(dev)
     if recipe.fast:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, recipe)
@@ -342,7 +360,7 @@ def _setup(recipe: Recipe, out_dir: str | Path, device: str | None, data_root: s
     # is the same with and without EMA); created before any hook is registered on the model
     ema = WeightEMA(model, recipe.ema_decay) if recipe.ema_decay > 0 else None
     ema_model = copy.deepcopy(model).eval() if ema is not None else None
-    return _Run(recipe, dev, rank, world, out, data, model, opt, sched, loss_fn, ema, ema_model)
+    return _Run(recipe, dev, rank, world, out, data, model, opt, sched, loss_fn, ema, ema_model, initial=initial)
 
 
 def _resume_or_refuse(run: _Run, resume: bool) -> None:
@@ -357,6 +375,11 @@ def _resume_or_refuse(run: _Run, resume: bool) -> None:
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"cannot resume {out.ckpt}: the recipe changed ({', '.join(changed)}); use a new --out")
+        started = ck.get("initial_checkpoint")
+        if run.initial is not None and run.initial != started:
+            raise ValueError(f"cannot resume {out.ckpt}: it started from {started or 'random weights'}, not from "
+                             f"{run.initial['file']} (sha256 {run.initial['sha256'][:12]}); use a new --out")
+        run.initial = started
         run.model.load_state_dict(ck["model"])
         run.opt.load_state_dict(ck["optimizer"])
         run.sched.load_state_dict(ck["scheduler"])
@@ -368,6 +391,8 @@ def _resume_or_refuse(run: _Run, resume: bool) -> None:
         raise FileExistsError(f"{out.ckpt} exists: pass resume=True (--resume) to continue, or use a new output dir")
     if run.is_main:
         (out.dir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+        if run.initial is not None:
+            (out.dir / "initial_checkpoint.json").write_text(json.dumps(run.initial, indent=2) + "\n")
 
 
 def _wrap(run: _Run) -> None:
@@ -485,7 +510,7 @@ def _finish(run: _Run, evaluate: bool, data_root: str | None, eval_subset: int |
             meta["ema_decay"] = str(recipe.ema_decay)
         export_model(final, run.out.dir / "model.safetensors", meta)
         if evaluate:
-            result["claims"] = evaluate_and_write(final, recipe, run.out.dir, data_root, eval_subset)
+            result["claims"] = evaluate_and_write(final, recipe, run.out.dir, data_root, eval_subset, run.initial)
     return result
 
 
@@ -502,6 +527,7 @@ def train(
     progress: bool = True,
     train_subset: int | None = None,
     eval_subset: int | None = None,
+    initial_checkpoint: str | Path | None = None,
 ) -> dict[str, Any]:
     """Train ``recipe`` into ``out_dir``; returns the final record (and writes results.json when ``evaluate``).
 
@@ -509,10 +535,14 @@ def train(
     with ``resume=True`` continues exactly. ``fast`` overrides ``recipe.fast`` (channels_last + bf16 autocast on CPU,
     autocast on GPU) and is recorded in the run's recipe.
     ``train_subset`` / ``eval_subset`` use the first N images (for tests only).
+    ``initial_checkpoint``: a lipzoo weights file of ``recipe.model`` (e.g. the published ``model.safetensors``) to
+    start from instead of random weights (timm's ``--initial-checkpoint``); optimizer, schedule and weight average
+    start afresh. Its file name and sha256 are recorded (``initial_checkpoint.json``, ``results.json``); a resumed
+    run refuses another one.
     """
     if fast is not None:
         recipe = recipe.replace(fast=fast)
-    run = _setup(recipe, out_dir, device, data_root, train_subset)
+    run = _setup(recipe, out_dir, device, data_root, train_subset, initial_checkpoint)
     _resume_or_refuse(run, resume)
     _wrap(run)
 
@@ -539,7 +569,7 @@ def _quick_eval(model: nn.Module, x: np.ndarray, y: np.ndarray, dev: torch.devic
 
 
 def evaluate_and_write(model: nn.Module, recipe: Recipe, out_dir: Path, data_root: str | None = None,
-                       subset: int | None = None) -> dict[str, Any]:
+                       subset: int | None = None, initial: dict[str, str] | None = None) -> dict[str, Any]:
     """Certify the final model on the test set with the shared certifier; write ``results.json``."""
     x, y = load_cifar(recipe.dataset, "test", data_root)
     if subset:
@@ -551,6 +581,7 @@ def evaluate_and_write(model: nn.Module, recipe: Recipe, out_dir: Path, data_roo
     record = {
         "arch": recipe.model, "recipe": recipe.to_dict(), "claims": claims, "git_revision": code_revision()[0],
         "torch": torch.__version__, "platform": platform.platform(),
+        **({"initial_checkpoint": initial} if initial is not None else {}),
     }
     (Path(out_dir) / "results.json").write_text(json.dumps(record, indent=2))
     return claims
