@@ -244,6 +244,32 @@ def test_card_train_command_lists_only_changed_training_fields():
         "lipzoo train --recipe sll_cpu --lr 0.002 --out runs/sll_xs.cifar10")
 
 
+def test_card_of_a_warm_started_run_names_its_initial_weights(tmp_path):
+    """A run started with --initial-checkpoint: the card's command and training table name the starting weights and
+    the published revision they are (looked up by sha256 in published.json, read here by the test)."""
+    import lipzoo
+    from lipzoo.hub.publish import Provenance, _train_command, write_config_and_card
+    from lipzoo.train.recipes import get_recipe
+
+    entry = json.loads((ROOT / "lipzoo" / "hub" / "published.json").read_text())["sandwich_xs.cifar10"]
+    recipe = json.loads(json.dumps(get_recipe("sandwich_cpu").to_dict()))
+    unknown = {"file": "start.safetensors", "sha256": "ab" * 32}
+    assert _train_command(recipe, "sandwich_xs.cifar10", unknown) == (
+        "lipzoo train --recipe sandwich_cpu --initial-checkpoint start.safetensors --out runs/sandwich_xs.cifar10")
+    initial = {"file": "model.safetensors", "sha256": entry["sha256"]}
+    provenance = Provenance(code_revision=None, code_dirty=False, lipzoo_version="0", publish_command="lipzoo publish",
+                            repo_url="https://example.org/lipzoo",
+                            training={"recipe": recipe, "git_revision": "0" * 40, "initial_checkpoint": initial})
+    write_config_and_card(tmp_path, lipzoo.create_model("sandwich_xs"), repo_id="lipzoo/sandwich_xs.cifar10",
+                          arch="sandwich_xs", tag="cifar10", claims=entry["claims"], sha256="cd" * 32,
+                          provenance=provenance)
+    text = (tmp_path / "README.md").read_text()
+    assert ("lipzoo train --recipe sandwich_cpu --initial-checkpoint hub/lipzoo/sandwich_xs.cifar10/model.safetensors "
+            "--out runs/sandwich_xs.cifar10") in text
+    assert f"the published weights of lipzoo/sandwich_xs.cifar10@{entry['revision']}" in text
+    assert json.loads((tmp_path / "config.json").read_text())["lipzoo"]["training"]["initial_checkpoint"] == initial
+
+
 def test_code_revision_is_dirty_only_for_code_changes(monkeypatch, tmp_path):
     from lipzoo import _checkout
 

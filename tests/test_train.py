@@ -188,7 +188,8 @@ def test_ema_off_is_the_default_and_changes_nothing(tmp_path, tiny_data):
     from lipzoo.train.recipes import RECIPES, Recipe
 
     assert Recipe().ema_decay == 0.0
-    assert all(r.ema_decay == 0.0 for k, r in RECIPES.items() if not k.endswith("_long"))
+    # EMA only where a recipe asks for it (the round-1 recipes of the published models do not)
+    assert {k for k, r in RECIPES.items() if r.ema_decay} == {"sandwich_cpu_long", "cayley_cpu"}
     off = _recipe(epochs=1, val_split=16)
     train(off, tmp_path / "off", data_root=str(tiny_data), fast=False, evaluate=False, progress=False)
     train(off.replace(ema_decay=0.9), tmp_path / "on", data_root=str(tiny_data), fast=False, evaluate=False,

@@ -170,9 +170,10 @@ def _cli_value(value: Any) -> str:
     return str(value)
 
 
-def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
+def _train_command(recipe: Mapping[str, Any], model_id: str, initial: Mapping[str, Any] | None = None) -> str | None:
     """The ``lipzoo train`` command that reruns ``recipe``: the named recipe plus an override per training field
-    that differs from its current defaults (the free-text ``description`` changes nothing and is left out)."""
+    that differs from its current defaults (the free-text ``description`` changes nothing and is left out), and
+    ``--initial-checkpoint`` when the run started from given weights (``initial``: their file name and sha256)."""
     name = recipe.get("name")
     if not name:
         return None
@@ -186,7 +187,28 @@ def _train_command(recipe: Mapping[str, Any], model_id: str) -> str | None:
                 parts.append(f"--{key.replace('_', '-')} {_cli_value(value)}")
     except Exception:  # an unknown or changed recipe: show the recipe table only
         pass
+    if initial:
+        origin = published_origin(str(initial.get("sha256")))
+        parts.append("--initial-checkpoint " + (f"hub/{origin.split('@')[0]}/model.safetensors" if origin
+                                                  else str(initial.get("file"))))
     return " ".join(parts + [f"--out runs/{model_id}"])
+
+
+def published_origin(sha256: str, manifest: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+    """``'lipzoo/<arch>.<tag>@<revision>'``: the published revision whose weights have ``sha256`` (current or
+    previous revisions of ``published.json``), or ``None``."""
+    for entry in (manifest if manifest is not None else _manifest.read()).values():
+        for rev in [entry, *(entry.get("previous") or [])]:
+            if rev.get("sha256") == sha256:
+                return f"{entry.get('hf_hub_id')}@{rev.get('revision')}"
+    return None
+
+
+def _initial_checkpoint_text(initial: Mapping[str, Any]) -> str:
+    """The card's line for a run that started from given weights: the file, its sha256 and where it was published."""
+    origin = published_origin(str(initial.get("sha256")))
+    return (f"{initial.get('file')} (sha256 {str(initial.get('sha256'))[:16]}...)"
+            + (f", the published weights of {origin}" if origin else ", not published weights"))
 
 
 def _accuracies(claims: Mapping[str, Any]) -> dict[str, float]:
@@ -387,7 +409,9 @@ def _provenance(command: str, run_dir: Path | None, record: Mapping[str, Any] | 
         code_revision=code_revision, code_dirty=dirty, lipzoo_version=__version__, publish_command=command,
         repo_url=repo_url or default_repo_url(), training_time=training_time, hardware=hardware,
         training={"recipe": record.get("recipe") or None, "git_revision": record.get("git_revision"),
-                  "torch": record.get("torch")} if record else None)
+                  "torch": record.get("torch"),
+                  **({"initial_checkpoint": record["initial_checkpoint"]} if record.get("initial_checkpoint") else {})}
+        if record else None)
 
 
 @dataclass
@@ -439,13 +463,16 @@ def write_config_and_card(folder: Path, model, *, repo_id: str, arch: str, tag: 
         model_config["label_names"] = list(labels)
     save_config_for_hf(model, str(folder / "config.json"), model_config=model_config)
     recipe = (p.training or {}).get("recipe") or None
+    initial = (p.training or {}).get("initial_checkpoint")
     model_id = f"{arch}.{tag}"
     card = render_card(
         repo_id=repo_id, arch=arch, tag=tag, claims=claims, stats=model_stats(model), sha256=sha256,
         info={"family": info.family, "paper": info.paper, "description": info.description,
               "bibtex": info.extra.get("bibtex")},
         code_revision=p.code_revision, code_dirty=p.code_dirty, publish_command=p.publish_command,
-        training=recipe, license=license, train_command=_train_command(recipe, model_id) if recipe else None,
+        training={**recipe, **({"initial weights": _initial_checkpoint_text(initial)} if initial else {})}
+        if recipe else None, license=license,
+        train_command=_train_command(recipe, model_id, initial) if recipe else None,
         training_revision=(p.training or {}).get("git_revision"), repo_url=p.repo_url, label_names=labels,
         training_time=p.training_time, hardware=p.hardware,
         card_note=f"card and config.json rewritten by code revision `{p.card_code_revision}` "
