@@ -112,7 +112,8 @@ register_family(Family(
         "aol_l": _paper_size("L", "Large", 48, 136.0, "136M as quoted by the 1LLC paper (Table 4; secondary, the AOL paper "
                                                       "gives no count); lipzoo counts 136.19M"),
         "aol_xs": Variant("compact AOL for 2-core CPU training: the patch-wise AOL network with "
-                          + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True, measured_training=cpu_training(464.7),
+                          + ", ".join(f"{k}={v}" for k, v in _XS.items()), _XS, compact=True,
+                          measured_training=cpu_training(464.7), targets={"cifar10": (0.62, 0.47)},
                           doc="Compact AOL for CPU training (<= 3M parameters): the patch-wise AOL network, narrower."),
     },
     checkpoint_formats={"aol-1llc": "lipzoo.convert._aol", "aol-tf": "lipzoo.convert._aol"},
