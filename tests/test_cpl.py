@@ -196,6 +196,41 @@ def test_registry_and_sizes():
     assert n == 8 * (32 * 32 * 9 + 32) + 4 * (256 * 2048 + 256) + 10 * 2048 + 10
 
 
+# The authors' layer shapes (MILES-PSL/Convex-Potential-Layer @ c6dc197a3bbcb332b4ef3a018ca5b96560d69ff7, model.py
+# and layers.py): CPL conv kernel (conv_size, num_channels, 3, 3) + bias (conv_size,), conv_size 5 by main.py's
+# default; CPL dense weights (n_features, 64 num_channels) + bias (n_features,) (their unused `alpha` and the
+# power-iteration vectors are not lipzoo parameters); LinearNormalized head (num_classes, 64 num_channels) + bias.
+# The sizes (conv depth, width, dense depth, n_features) are NOT in the authors' code: they are lipzoo's UNVERIFIED
+# recollection of the paper's CPL-S/M/L/XL (lipzoo/models/cpl.py), pinned here so that a change is deliberate.
+_CPL_PAPER_SIZES = {"cpl_s": (20, 45, 7, 2048), "cpl_m": (30, 60, 10, 2048), "cpl_l": (90, 60, 15, 4096),
+                    "cpl_xl": (120, 70, 15, 4096)}
+
+
+@pytest.mark.parametrize("arch", sorted(_CPL_PAPER_SIZES))
+def test_paper_sizes_have_the_authors_layer_shapes(arch):
+    depth, w, n_dense, n_features = _CPL_PAPER_SIZES[arch]
+    with torch.device("meta"):
+        m = lipzoo.create_model(arch)
+    convs = [mod for mod in m.modules() if isinstance(mod, CPLConv2d)]
+    dense = [mod for mod in m.modules() if isinstance(mod, CPLLinear)]
+    assert len(convs) == depth and len(dense) == n_dense
+    assert all(tuple(c.kernel.shape) == (5, w, 3, 3) and tuple(c.bias.shape) == (5,) for c in convs)
+    assert all(tuple(d.weights.shape) == (n_features, 64 * w) and tuple(d.bias.shape) == (n_features,)
+               for d in dense)
+    assert tuple(m.head.weight.shape) == (10, 64 * w) and tuple(m.head.bias.shape) == (10,)
+    # the authors' trainable tensors for these sizes
+    authors = depth * (5 * w * 9 + 5) + n_dense * (n_features * 64 * w + n_features) + 10 * 64 * w + 10
+    assert sum(p.numel() for p in m.parameters()) == authors
+
+
+def test_cpl_xl_paper_count_is_the_secondary_quote():
+    """1LLC Table 4 quotes 236M for CPL-XL; lipzoo's unverified CPL-XL counts 275.74M, its cpl_l 236.27M."""
+    xl, large = lipzoo.model_info("cpl_xl"), lipzoo.model_info("cpl_l")
+    assert xl["paper_params_millions"] == 236.0 and "1LLC" in xl["paper_params_note"]
+    assert (xl["params"], large["params"]) == (275_736_050, 236_272_900)
+    assert large["paper_params_millions"] is None
+
+
 @pytest.mark.parametrize("num_classes", [10, 100])
 def test_xs_builds_for_10_and_100_classes(num_classes):
     m = lipzoo.create_model("cpl_xs", num_classes=num_classes).eval()

@@ -10,10 +10,24 @@ code's default; head rule "lipschitz", ``head="trunc"``).
 Every CPL layer's step is ``h = 2 / s^2`` with ``s`` a *proven* upper bound of its operator norm (not the
 paper's power-iteration estimate; see :mod:`lipzoo.layers.cpl`), so the body's bound is 1 (eval mode).
 
-Variants. ``cpl_s|m|l|xl`` follow the paper's CPL-S/M/L/XL as recalled here (conv depth / width / dense depth /
-dense width: 20/45/7/2048, 30/60/10/2048, 90/60/15/4096, 120/70/15/4096) with the code's default conv inner
-dimension ``conv_size=5`` (``main.py``). **UNVERIFIED**: these numbers were not checked against the paper's
-tables here; a person must confirm them before any checkpoint or claimed number is attached.
+Variants. What the authors' code fixes (MILES-PSL/Convex-Potential-Layer, commit c6dc197, 2022-08-04): the
+structure above; ``--conv-size`` is the CPL conv kernel's output channels, i.e. the conv inner dimension
+(``conv_inner_dim``, default 5 in ``main.py``); ``--n-features`` is the CPL dense layers' inner dimension
+(``dense_inner_dim``); the dense layers act on the 64 w pooled features. ``main.py``'s only size is its default
+(``--depth 20 --depth-linear 7 --num-channels 30 --n-features 2048 --conv-size 5``); the repository (an empty README,
+no scripts) names no CPL-S/M/L/XL configuration. For the same arguments lipzoo's count equals the authors' trainable
+tensors; the authors' ``model.parameters()`` also holds each layer's power-iteration vector (``nn.Parameter`` with
+``requires_grad=False``: 1024 w per conv at 32x32, 64 w per dense layer) and one unused scalar ``alpha`` per dense
+layer, which lipzoo's CPL layers do not have (they run no power iteration).
+
+``cpl_s|m|l|xl`` use the paper's CPL-S/M/L/XL sizes as recalled here (conv depth / width / dense depth / dense
+inner: 20/45/7/2048, 30/60/10/2048, 90/60/15/4096, 120/70/15/4096) with conv inner 5. **UNVERIFIED**: neither the
+authors' code nor a readable copy of the paper's Table 1 confirms these depths and widths; a person must check them
+before any checkpoint or claimed number is attached. The dense layers hold over 99% of the parameters (about
+n_dense x 64 w x dense_inner), so the 236M quoted for CPL-XL (1LLC Table 4) means n_dense x w x dense_inner of about
+3.69M: lipzoo's cpl_l (15 x 60 x 4096, 236.27M) or an SLL-XL-shaped dense part (15 x 120 x 2048), not lipzoo's
+cpl_xl (15 x 70 x 4096, 275.74M). 236M is also the count lipzoo records for SLL-XL (:mod:`lipzoo.models.sll`), so
+the quote may not be an independent count of CPL-XL.
 """
 from __future__ import annotations
 
@@ -73,13 +87,15 @@ class CPLNet(ResidualNet):
 
 def _paper_size(size: str, width: int, n_conv: int, n_dense: int, dense_inner: int,
                 paper_params: float | None = None, note: str = "") -> Variant:
-    """CPL S/M/L/XL (UNVERIFIED sizes, see the module docstring): conv inner dimension 5."""
+    """CPL S/M/L/XL: conv inner dimension 5 (the authors' ``main.py`` default); depths and widths UNVERIFIED (see
+    the module docstring)."""
     return Variant(
         f"CPL-{size}: {n_conv} CPL convs (width {width}, inner 5), {n_dense} CPL dense layers (inner {dense_inner}), "
-        "LLN head (head='trunc': first-classes output); layer counts UNVERIFIED against the paper",
+        "LLN head (head='trunc': first-classes output); depths and widths UNVERIFIED (the authors' code names no "
+        "sizes; the paper's table was not read)",
         dict(width=width, n_conv=n_conv, n_dense=n_dense, conv_inner_dim=5, dense_inner_dim=dense_inner),
-        doc=f"CPL-{size} (UNVERIFIED sizes): {n_conv} CPL convs (width {width}), {n_dense} CPL dense layers "
-            f"({dense_inner}), LLN head.",
+        doc=f"CPL-{size} (UNVERIFIED depths and widths): {n_conv} CPL convs (width {width}, inner 5), {n_dense} CPL "
+            f"dense layers ({dense_inner}), LLN head.",
         paper_params=paper_params,
         paper_params_note=note or "no published parameter count was found; lipzoo reports sum(p.numel())")
 
@@ -94,9 +110,10 @@ register_family(Family(
         "cpl_m": _paper_size("M", 60, 30, 10, 2048),
         "cpl_l": _paper_size("L", 60, 90, 15, 4096),
         "cpl_xl": _paper_size("XL", 70, 120, 15, 4096, 236.0,
-                              "236M as quoted by the 1LLC paper (Table 4; secondary); lipzoo's UNVERIFIED CPL-XL "
-                              "sizes count 275.7M, so at least one layer size differs from the paper's (lipzoo's "
-                              "cpl_l sizes count 236.27M: the tables may be shifted by one size)"),
+                              "236M as quoted by the 1LLC paper (Table 4; secondary; also the count recorded for "
+                              "SLL-XL); lipzoo's UNVERIFIED CPL-XL sizes count 275.7M: the dense part (about "
+                              "n_dense x 64 w x inner) fits 236M with width 60 (lipzoo's cpl_l, 236.27M) or "
+                              "15 x 120 x 2048, not width 70; the authors' code names no CPL-XL size"),
         "cpl_xs": Variant("compact CPL for 2-core CPU training: " + ", ".join(f"{k}={v}" for k, v in _XS.items()),
                           _XS, doc="Compact CPL for CPU training (<= 3M parameters): CPL convs at 32x32, CPL dense "
                           "layers, LLN head.", compact=True,
